@@ -1,1 +1,576 @@
-//! (in progress)
+//! The batched forward pass for the `llama` (SmolLM2), `qwen2` (Qwen2.5) and `gemma3` (Gemma 3)
+//! GGUF architectures.
+//!
+//! One [`Model::forward`] call takes the new tokens of several sequences, flattened into one
+//! `[total_tokens, hidden]` activation matrix with per-token positions. Every matmul runs once
+//! for all rows (candle `QMatMul`; Q/K/V and gate/up fused into one matrix each), attention runs
+//! per (sequence, head, query) against that sequence's own [`KvCache`], and the output
+//! projection runs only for the rows whose logits were asked for ([`LogitRows`]).
+//!
+//! Architecture details (llama.cpp's GGUF conventions):
+//! - llama: Q/K rows are stored for the interleaved RoPE (pairs `2j, 2j+1`); qwen2 and gemma3
+//!   use the NEOX pairing (`j, j + d/2`).
+//! - qwen2: Q/K/V biases.
+//! - gemma3: embeddings scaled by `sqrt(hidden)`; the GGUF norm weights already contain the
+//!   `+1` of Gemma's `(1 + w)` RMSNorm (llama.cpp's converter adds it), so all norms are plain
+//!   `x / rms * w`; per-head Q/K RMSNorm; post-attention and post-FFN norms; GELU (tanh
+//!   approximation) gated MLP; attention scale `key_length^-0.5`; layers `i % 6 != 5` use
+//!   sliding-window attention (window from `gemma3.attention.sliding_window`, the query plus the
+//!   `window - 1` previous tokens, in prefill and decode alike) with RoPE base 10 000, the others
+//!   are global with `gemma3.rope.freq_base`; tied output embeddings when the file has no
+//!   `output.weight`.
+//!
+//! RoPE cos/sin values are computed once per forward pass for exactly the positions in the
+//! batch and shared by all layers.
+
+mod kernels;
+mod kv_cache;
+mod linear;
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{Device, Tensor};
+
+pub use kv_cache::KvCache;
+
+use crate::gguf::{metadata_f64, metadata_str, metadata_usize, read_tensor, read_vector};
+use kernels::{Activation, AttnSeq, RopeTable};
+use linear::{with_f32, Linear};
+
+/// Errors while loading a model or running a forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// `general.architecture` names a family we cannot run.
+    #[error("unsupported architecture `{0}` (supported: llama, qwen2, gemma3)")]
+    UnsupportedArchitecture(String),
+    /// A required GGUF metadata key is absent.
+    #[error("GGUF metadata key `{0}` is missing")]
+    MissingMetadata(String),
+    /// A GGUF metadata value has the wrong type or an impossible value.
+    #[error("invalid GGUF metadata: {0}")]
+    InvalidMetadata(String),
+    /// A required tensor is absent from the GGUF file.
+    #[error("GGUF tensor `{0}` is missing")]
+    MissingTensor(String),
+    /// A tensor layout or type combination this implementation does not handle.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The forward pass input is malformed (empty sequence, token id outside the vocabulary).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// A sequence's new tokens do not fit in its KV cache.
+    #[error("KV cache full: {needed} tokens needed, capacity {capacity}")]
+    CacheFull { needed: usize, capacity: usize },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Supported model families (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `llama` (SmolLM2 and other llama-style models).
+    Llama,
+    /// `qwen2` (Qwen2 / Qwen2.5).
+    Qwen2,
+    /// `gemma3` (Gemma 3 text models).
+    Gemma3,
+}
+
+impl Architecture {
+    /// Maps a GGUF `general.architecture` name; `UnsupportedArchitecture` for others.
+    pub fn from_gguf_name(name: &str) -> Result<Self, ModelError> {
+        match name {
+            "llama" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            "gemma3" => Ok(Self::Gemma3),
+            other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
+        }
+    }
+}
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// Number of logits per row (rows of the output matrix).
+    pub vocab_size: usize,
+    /// Trained context length in tokens (`{arch}.context_length`).
+    pub context_length: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    /// Per-head dimension of queries, keys and values.
+    pub head_dim: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    pub rms_norm_eps: f32,
+    /// Rotated dimensions per head (`<= head_dim`).
+    pub rope_dim: usize,
+    /// RoPE base of global-attention layers.
+    pub rope_base: f64,
+    /// RoPE base of sliding-window layers (gemma3: 10 000).
+    pub rope_base_local: f64,
+    /// Sliding window (tokens, query included) of local layers (gemma3).
+    pub sliding_window: Option<usize>,
+    /// Attention score scale.
+    pub attention_scale: f32,
+}
+
+impl ModelConfig {
+    /// Reads the hyper-parameters for the architecture named in `general.architecture`.
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, ModelError> {
+        let md = &content.metadata;
+        let arch_name = metadata_str(md, "general.architecture")?;
+        let architecture = Architecture::from_gguf_name(arch_name)?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden_size = metadata_usize(md, &key("embedding_length"))?;
+        let num_heads = metadata_usize(md, &key("attention.head_count"))?;
+        let num_kv_heads = metadata_usize(md, &key("attention.head_count_kv")).unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(ModelError::InvalidMetadata(format!(
+                "{num_heads} attention heads, {num_kv_heads} KV heads"
+            )));
+        }
+        let head_dim = metadata_usize(md, &key("attention.key_length")).unwrap_or(hidden_size / num_heads);
+        let rope_dim = metadata_usize(md, &key("rope.dimension_count")).unwrap_or(head_dim).min(head_dim);
+        let gemma = architecture == Architecture::Gemma3;
+        let default_eps = if architecture == Architecture::Llama { 1e-5 } else { 1e-6 };
+        let default_base = match architecture {
+            Architecture::Llama => 10_000.0,
+            _ => 1_000_000.0,
+        };
+        let vocab_size = content
+            .tensor_infos
+            .get("output.weight")
+            .or_else(|| content.tensor_infos.get("token_embd.weight"))
+            .map(|t| t.shape.dims()[0])
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        Ok(Self {
+            architecture,
+            vocab_size,
+            context_length: metadata_usize(md, &key("context_length"))?,
+            num_layers: metadata_usize(md, &key("block_count"))?,
+            hidden_size,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            intermediate_size: metadata_usize(md, &key("feed_forward_length"))?,
+            rms_norm_eps: metadata_f64(md, &key("attention.layer_norm_rms_epsilon")).unwrap_or(default_eps) as f32,
+            rope_dim,
+            rope_base: metadata_f64(md, &key("rope.freq_base")).unwrap_or(default_base),
+            rope_base_local: 10_000.0,
+            sliding_window: if gemma {
+                Some(metadata_usize(md, &key("attention.sliding_window")).unwrap_or(512))
+            } else {
+                None
+            },
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+        })
+    }
+
+    /// Whether layer `i` uses sliding-window attention (gemma3: all but every 6th layer).
+    pub fn is_local_layer(&self, i: usize) -> bool {
+        self.architecture == Architecture::Gemma3 && i % 6 != 5
+    }
+}
+
+/// Which logits rows a sequence wants from a forward pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogitRows {
+    /// No logits (e.g. a prefill chunk that is not the prompt's last).
+    None,
+    /// One row: the last new token's.
+    Last,
+    /// One row per new token (prompt logprobs).
+    All,
+}
+
+/// One sequence's share of a flattened forward pass.
+pub struct SeqBatch<'a> {
+    /// New tokens; their positions continue from `cache.len()`.
+    pub tokens: &'a [u32],
+    /// This sequence's KV cache; the new tokens' keys and values are appended.
+    pub cache: &'a mut KvCache,
+    pub logits: LogitRows,
+}
+
+/// Projections of one input: fused into one matrix, or separate when their types differ.
+enum Proj {
+    Fused(Linear),
+    Separate(Vec<Linear>),
+}
+
+impl Proj {
+    fn new(parts: Vec<QTensor>) -> Result<Self, ModelError> {
+        let dtypes: Vec<_> = parts.iter().map(|p| p.dtype()).collect();
+        let fusable = dtypes.iter().all(|&d| crate::gguf::converts_to_q8_0(d))
+            || dtypes.iter().all(|&d| d == dtypes[0]);
+        if fusable {
+            Ok(Self::Fused(Linear::fused(parts)?))
+        } else {
+            Ok(Self::Separate(parts.into_iter().map(Linear::single).collect::<Result<_, _>>()?))
+        }
+    }
+
+    /// Input width the (first) matmul expects.
+    fn k_pad(&self) -> usize {
+        match self {
+            Self::Fused(l) => l.k_pad,
+            Self::Separate(ls) => ls.first().map_or(0, |l| l.k_pad),
+        }
+    }
+
+    fn n(&self) -> usize {
+        match self {
+            Self::Fused(l) => l.n,
+            Self::Separate(ls) => ls.iter().map(|l| l.n).sum(),
+        }
+    }
+
+    /// `x`: `[t, k_pad()]`; returns `[t, n()]` (parts' columns side by side).
+    fn forward(&self, x: Vec<f32>, k: usize) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Self::Fused(l) => to_vec(&l.forward(x)?),
+            Self::Separate(ls) => {
+                let kp = self.k_pad();
+                let t = x.len() / kp;
+                let n = self.n();
+                let mut out = vec![0f32; t * n];
+                let mut col = 0;
+                for l in ls {
+                    let y = if l.k_pad == kp {
+                        l.forward(x.clone())?
+                    } else {
+                        let raw: Vec<f32> = x.chunks_exact(kp).flat_map(|r| r[..k].iter().copied()).collect();
+                        l.forward_unpadded(&raw)?
+                    };
+                    with_f32(&y, |ys| {
+                        for (r, yr) in ys.chunks_exact(l.n).enumerate() {
+                            out[r * n + col..r * n + col + l.n].copy_from_slice(yr);
+                        }
+                    })?;
+                    col += l.n;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>, ModelError> {
+    with_f32(t, |s| s.to_vec())
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    qkv: Proj,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    attn_output: Linear,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate_up: Proj,
+    ffn_down: Linear,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A loaded model. `Send`; lives on the engine thread.
+pub struct Model {
+    config: ModelConfig,
+    /// Token embeddings `[vocab, hidden]` as stored (rows are dequantized on lookup).
+    embed: QTensor,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    /// Output projection `[vocab, hidden]` (tied to the embeddings when the file has none).
+    lm_head: Linear,
+}
+
+impl Model {
+    /// Loads weights from an open GGUF file whose `Content` was already read.
+    ///
+    /// Slow quantization formats are converted at load (see [`crate::gguf`]); a 2-token warm-up
+    /// forward pass then makes candle build its repacked weight layouts, so the first request
+    /// does not pay for it. Only `Device::Cpu` is supported.
+    ///
+    /// Errors: unsupported architecture, missing metadata or tensors, I/O and format errors.
+    pub fn load<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Model, ModelError> {
+        if !device.is_cpu() {
+            return Err(ModelError::Unsupported("only the CPU device is supported".into()));
+        }
+        let config = ModelConfig::from_gguf(content)?;
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        let gemma = config.architecture == Architecture::Gemma3;
+        let embed = read_tensor(content, reader, "token_embd.weight", device)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let p = |s: &str| format!("blk.{i}.{s}");
+            let mut t = |s: &str| read_tensor(content, reader, &p(s), device);
+            let qkv = Proj::new(vec![t("attn_q.weight")?, t("attn_k.weight")?, t("attn_v.weight")?])?;
+            let attn_output = Linear::single(t("attn_output.weight")?)?;
+            let gate_up = Proj::new(vec![t("ffn_gate.weight")?, t("ffn_up.weight")?])?;
+            let ffn_down = Linear::single(t("ffn_down.weight")?)?;
+            let attn_norm = read_vector(content, reader, &p("attn_norm.weight"))?;
+            let ffn_norm = read_vector(content, reader, &p("ffn_norm.weight"))?;
+            let mut opt = |s: &str, want: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                if want || has(&p(s)) {
+                    Ok(Some(read_vector(content, reader, &p(s))?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm,
+                qkv,
+                q_bias: opt("attn_q.bias", false)?,
+                k_bias: opt("attn_k.bias", false)?,
+                v_bias: opt("attn_v.bias", false)?,
+                q_norm: opt("attn_q_norm.weight", gemma)?,
+                k_norm: opt("attn_k_norm.weight", gemma)?,
+                attn_output,
+                post_attn_norm: opt("post_attention_norm.weight", gemma)?,
+                ffn_norm,
+                gate_up,
+                ffn_down,
+                post_ffn_norm: opt("post_ffw_norm.weight", gemma)?,
+            });
+        }
+        let output_norm = read_vector(content, reader, "output_norm.weight")?;
+        let lm_head = if has("output.weight") {
+            Linear::single(read_tensor(content, reader, "output.weight", device)?)?
+        } else {
+            Linear::single(read_tensor(content, reader, "token_embd.weight", device)?)?
+        };
+        let model = Model { config, embed, layers, output_norm, lm_head };
+        model.check_shapes()?;
+        // Warm-up: candle packs quantized weights into its SIMD layouts on first use (the
+        // single-row and multi-row paths can differ, so run 2 tokens).
+        let mut cache = model.new_kv_cache(2)?;
+        model.forward(&mut [SeqBatch { tokens: &[0, 0], cache: &mut cache, logits: LogitRows::Last }])?;
+        Ok(model)
+    }
+
+    fn check_shapes(&self) -> Result<(), ModelError> {
+        let c = &self.config;
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        for (i, l) in self.layers.iter().enumerate() {
+            let ok = l.qkv.n() == q + 2 * kv
+                && matches!(&l.qkv, Proj::Fused(f) if f.k == c.hidden_size) | matches!(&l.qkv, Proj::Separate(_))
+                && l.attn_output.k == q
+                && l.attn_output.n == c.hidden_size
+                && l.gate_up.n() == 2 * c.intermediate_size
+                && l.ffn_down.k == c.intermediate_size
+                && l.ffn_down.n == c.hidden_size
+                && l.attn_norm.len() == c.hidden_size
+                && l.ffn_norm.len() == c.hidden_size;
+            if !ok {
+                return Err(ModelError::InvalidMetadata(format!(
+                    "layer {i} tensor shapes do not match the metadata"
+                )));
+            }
+        }
+        if self.lm_head.k != c.hidden_size || self.embed.shape().dims2()?.1 != c.hidden_size {
+            return Err(ModelError::InvalidMetadata("embedding width".into()));
+        }
+        Ok(())
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// A fresh, empty KV cache for one sequence able to hold `max_tokens` tokens
+    /// (`num_layers * 2 * max_tokens * num_kv_heads * head_dim` f32, committed as used).
+    pub fn new_kv_cache(&self, max_tokens: usize) -> Result<KvCache, ModelError> {
+        let c = &self.config;
+        KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, max_tokens)
+    }
+
+    /// One flattened forward pass over several sequences.
+    ///
+    /// All new tokens of all sequences form one `[total_tokens, hidden]` matrix; matmuls run
+    /// once, attention runs per sequence against its own KV cache (positions continue from
+    /// `cache.len()`), and the new keys/values are appended to each cache. Returns logits
+    /// `[num_rows, vocab_size]` f32 on the CPU, rows in input order: per sequence one row for
+    /// `LogitRows::Last` (its last new token), one per new token for `All`, none for `None`.
+    ///
+    /// Errors: `InvalidBatch` (a sequence without tokens, a token id `>= vocab_size`),
+    /// `CacheFull` (checked for every sequence before anything is written), candle errors.
+    /// On error no cache length changes.
+    pub fn forward(&self, batch: &mut [SeqBatch<'_>]) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let hidden = c.hidden_size;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut rows = Vec::new();
+        for s in batch.iter() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::InvalidBatch("a sequence has no new tokens".into()));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    c.vocab_size
+                )));
+            }
+            let needed = s.cache.len() + s.tokens.len();
+            if needed > s.cache.capacity() {
+                return Err(ModelError::CacheFull { needed, capacity: s.cache.capacity() });
+            }
+            let start = ids.len();
+            let n = s.tokens.len();
+            match s.logits {
+                LogitRows::None => {}
+                LogitRows::Last => rows.push((start + n - 1) as u32),
+                LogitRows::All => rows.extend((start..start + n).map(|r| r as u32)),
+            }
+            ids.extend_from_slice(s.tokens);
+            positions.extend(s.cache.len()..needed);
+        }
+        let total = ids.len();
+        if total == 0 {
+            return Ok(Tensor::zeros((0, c.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
+        }
+
+        let ids_t = Tensor::new(ids.as_slice(), &Device::Cpu)?;
+        let mut x = to_vec(&self.embed.embedding(&ids_t)?)?; // [T, hidden]
+        if c.architecture == Architecture::Gemma3 {
+            let s = (hidden as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        let rope_global = RopeTable::new(&positions, c.rope_dim, c.rope_base);
+        let rope_local = (c.architecture == Architecture::Gemma3)
+            .then(|| RopeTable::new(&positions, c.rope_dim, c.rope_base_local));
+        let interleaved = c.architecture == Architecture::Llama;
+        let eps = c.rms_norm_eps;
+        let hd = c.head_dim;
+        let q_w = c.num_heads * hd;
+        let kv_w = c.num_kv_heads * hd;
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let local = c.is_local_layer(li);
+            let rope = match (&rope_local, local) {
+                (Some(t), true) => t,
+                _ => &rope_global,
+            };
+            // Attention block.
+            let h = kernels::rms_norm_rows(&x, &layer.attn_norm, eps, hidden, layer.qkv.k_pad());
+            let mut qkv = layer.qkv.forward(h, hidden)?; // [T, q_w + 2 kv_w]
+            let stride = q_w + 2 * kv_w;
+            for (i, r) in qkv.chunks_exact_mut(stride).enumerate() {
+                let (q, rest) = r.split_at_mut(q_w);
+                let (k, v) = rest.split_at_mut(kv_w);
+                for (dst, b) in [(&mut *q, &layer.q_bias), (&mut *k, &layer.k_bias), (&mut *v, &layer.v_bias)] {
+                    if let Some(b) = b {
+                        dst.iter_mut().zip(b).for_each(|(d, b)| *d += b);
+                    }
+                }
+                if let Some(w) = &layer.q_norm {
+                    kernels::rms_norm_inplace(q, w, eps, hd);
+                }
+                if let Some(w) = &layer.k_norm {
+                    kernels::rms_norm_inplace(k, w, eps, hd);
+                }
+                if c.rope_dim == hd {
+                    rope.apply(i, q, hd, interleaved);
+                    rope.apply(i, k, hd, interleaved);
+                } else {
+                    for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                        rope.apply(i, &mut head[..c.rope_dim], c.rope_dim, interleaved);
+                    }
+                }
+            }
+            // Append the new keys/values to each sequence's cache.
+            let mut offset = 0;
+            for s in batch.iter_mut() {
+                let start = s.cache.len();
+                let row = s.cache.row;
+                let (kc, vc) = (&mut s.cache.k[li], &mut s.cache.v[li]);
+                for (j, r) in qkv[offset * stride..(offset + s.tokens.len()) * stride]
+                    .chunks_exact(stride)
+                    .enumerate()
+                {
+                    let p = start + j;
+                    kc[p * row..(p + 1) * row].copy_from_slice(&r[q_w..q_w + kv_w]);
+                    vc[p * row..(p + 1) * row].copy_from_slice(&r[q_w + kv_w..]);
+                }
+                offset += s.tokens.len();
+            }
+            let mut seqs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for s in batch.iter() {
+                seqs.push(AttnSeq {
+                    k: &s.cache.k[li],
+                    v: &s.cache.v[li],
+                    start_pos: s.cache.len(),
+                    n_new: s.tokens.len(),
+                    q_offset: offset,
+                });
+                offset += s.tokens.len();
+            }
+            let window = if local { c.sliding_window } else { None };
+            let attn = kernels::attention(
+                &qkv,
+                stride,
+                &seqs,
+                c.num_heads,
+                c.num_kv_heads,
+                hd,
+                c.attention_scale,
+                window,
+                layer.attn_output.k_pad,
+            );
+            drop(seqs);
+            let mut o = to_vec(&layer.attn_output.forward(attn)?)?;
+            if let Some(w) = &layer.post_attn_norm {
+                kernels::rms_norm_inplace(&mut o, w, eps, hidden);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            // MLP block.
+            let h = kernels::rms_norm_rows(&x, &layer.ffn_norm, eps, hidden, layer.gate_up.k_pad());
+            let gu = layer.gate_up.forward(h, hidden)?;
+            let act = if c.architecture == Architecture::Gemma3 { Activation::GeluTanh } else { Activation::Silu };
+            let a = kernels::gated_act(&gu, c.intermediate_size, layer.ffn_down.k_pad, act);
+            drop(gu);
+            let mut d = to_vec(&layer.ffn_down.forward(a)?)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                kernels::rms_norm_inplace(&mut d, w, eps, hidden);
+            }
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        for s in batch.iter_mut() {
+            let n = s.cache.len() + s.tokens.len();
+            s.cache.set_len(n);
+        }
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((0, c.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
+        }
+        let kp = self.lm_head.k_pad;
+        let mut h = vec![0f32; rows.len() * kp];
+        for (dst, &r) in h.chunks_exact_mut(kp).zip(&rows) {
+            let r = r as usize;
+            kernels::rms_norm_row(&x[r * hidden..(r + 1) * hidden], &self.output_norm, eps, &mut dst[..hidden]);
+        }
+        self.lm_head.forward(h)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn send<T: Send>() {}
+    send::<Model>();
+    send::<KvCache>();
+}
