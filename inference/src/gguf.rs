@@ -1,14 +1,9 @@
 //! Reading GGUF files: metadata helpers, tensor loading and tensor type conversion at load.
 //!
-//! candle's CPU kernels are fast for Q8_0 (AVX512-VNNI repacked tiles when the inner dimension
-//! is a multiple of 256) and for the k-quants, but scalar for Q4_0/Q4_1/Q5_0/Q5_1. The small
-//! models we serve store most matrices in those formats (SmolLM2: Q4_1, Qwen2.5 / Gemma 3: Q5_0),
-//! so [`to_q8_0_padded`] rewrites them at load as Q8_0 with the inner dimension zero-padded to a
-//! multiple of [`K_ALIGN`]:
-//! - Q4_0, Q5_0, Q8_0 -> Q8_0 is exact (same block scale, integer values fit in i8).
-//! - Q4_1, Q5_1 (`d * q + m`) are dequantized per 32-value block and requantized to Q8_0
-//!   (round to nearest, scale `amax / 127`). The added error is below 1/250 of the block's
-//!   largest magnitude, about 3% of the 4-bit format's own rounding error.
+//! candle's CPU kernels are scalar for Q4_1/Q5_0/Q5_1, and the small models we serve store most
+//! matrices in those formats (SmolLM2: Q4_1, Qwen2.5 / Gemma 3: Q5_0). [`to_q8_0_parts`]
+//! rewrites Q4_0/Q4_1/Q5_0/Q5_1 exactly as Q8_0 blocks (plus per-block offsets for the formats
+//! with a min), which the model's packed VNNI matmul then runs (see `model::qmatmul`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,10 +15,6 @@ use candle_core::Device;
 use half::f16;
 
 use crate::model::ModelError;
-
-/// Inner-dimension alignment of converted Q8_0 matrices: candle's repacked VNNI kernels need
-/// `k % 256 == 0` (activations are quantized in 256-value Q8K blocks).
-pub const K_ALIGN: usize = 32;
 
 /// Bytes per 32-value Q8_0 block (f16 scale + 32 x i8).
 const Q8_0_BLOCK_BYTES: usize = 34;
@@ -92,8 +83,7 @@ pub fn read_vector<R: Read + Seek>(
     Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// True for the 32-value block formats that [`to_q8_0_padded`] converts (candle has no SIMD
-/// kernels for Q4_1/Q5_0/Q5_1, and Q4_0/Q8_0 get the VNNI path only as aligned Q8_0).
+/// True for the 32-value block formats that [`to_q8_0_parts`] converts.
 pub fn converts_to_q8_0(dtype: GgmlDType) -> bool {
     matches!(
         dtype,
@@ -101,99 +91,72 @@ pub fn converts_to_q8_0(dtype: GgmlDType) -> bool {
     )
 }
 
-/// Rounds `k` up to a multiple of [`K_ALIGN`].
-pub fn padded_k(k: usize) -> usize {
-    k.div_ceil(K_ALIGN) * K_ALIGN
+/// A 2-D `[n, k]` matrix rewritten as Q8_0 blocks, exactly: `W = Q8_0 + offsets` where the
+/// optional `offsets` (`[n, k/32]` f32, one per 32-value block) are added to every value of their
+/// block (the `m + c*d` term of Q4_1/Q5_1; `None` for formats without a min).
+pub struct Q8_0Parts {
+    /// `n * k/32` blocks of 34 bytes (f16 scale, 32 x i8).
+    pub blocks: Vec<u8>,
+    pub offsets: Option<Vec<f32>>,
+    pub n: usize,
+    pub k: usize,
 }
 
-/// Converts a 2-D `[n, k]` matrix in Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 to Q8_0 of shape `[n, padded_k(k)]`
-/// (padding columns are zero). Errors: `Unsupported` for other types or a `k` not a multiple
-/// of 32.
-pub fn to_q8_0_padded(t: &QTensor) -> Result<QTensor, ModelError> {
+/// Converts a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 matrix `[n, k]` to [`Q8_0Parts`] without any loss:
+/// Q4_0 `d(q-8)` and Q5_0 `d(q-16)` keep their scale; Q4_1 `dq + m` becomes `d(q-8)` plus the
+/// block offset `m + 8d` (Q5_1: `d(q-16)` plus `m + 16d`). Errors: `Unsupported` for other
+/// types or a `k` not a multiple of 32.
+pub fn to_q8_0_parts(t: &QTensor) -> Result<Q8_0Parts, ModelError> {
     let dtype = t.dtype();
     let (n, k) = t.shape().dims2()?;
     if !converts_to_q8_0(dtype) || k % 32 != 0 {
-        return Err(ModelError::Unsupported(format!(
-            "conversion of {dtype:?} [{n}, {k}] to Q8_0"
-        )));
+        return Err(ModelError::Unsupported(format!("conversion of {dtype:?} [{n}, {k}] to Q8_0")));
     }
-    let kp = padded_k(k);
     let in_block = dtype.type_size();
-    let blocks_in = k / 32;
-    let blocks_out = kp / 32;
+    let kb = k / 32;
     let data = t.data()?;
-    if data.len() != n * blocks_in * in_block {
+    if data.len() != n * kb * in_block {
         return Err(ModelError::Unsupported(format!(
             "{dtype:?} tensor of {} bytes for shape [{n}, {k}]",
             data.len()
         )));
     }
-    let mut out = vec![0u8; n * blocks_out * Q8_0_BLOCK_BYTES];
-    let mut vals = [0f32; 32];
-    let mut qs = [0i8; 32];
-    for row in 0..n {
-        for b in 0..blocks_in {
-            let src = &data[(row * blocks_in + b) * in_block..(row * blocks_in + b + 1) * in_block];
-            let dst = &mut out[(row * blocks_out + b) * Q8_0_BLOCK_BYTES
-                ..(row * blocks_out + b + 1) * Q8_0_BLOCK_BYTES];
-            let rd = |i: usize| f16::from_le_bytes([src[i], src[i + 1]]);
-            match dtype {
-                GgmlDType::Q8_0 => dst.copy_from_slice(src),
-                GgmlDType::Q4_0 => {
-                    dst[..2].copy_from_slice(&src[..2]);
-                    for j in 0..16 {
-                        dst[2 + j] = ((src[2 + j] & 0x0F) as i8 - 8) as u8;
-                        dst[2 + j + 16] = ((src[2 + j] >> 4) as i8 - 8) as u8;
-                    }
-                }
-                GgmlDType::Q5_0 => {
-                    dst[..2].copy_from_slice(&src[..2]);
-                    let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
-                    for j in 0..16 {
-                        let h0 = (((qh >> j) << 4) & 0x10) as u8;
-                        let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-                        dst[2 + j] = (((src[6 + j] & 0x0F) | h0) as i8 - 16) as u8;
-                        dst[2 + j + 16] = (((src[6 + j] >> 4) | h1) as i8 - 16) as u8;
-                    }
-                }
-                GgmlDType::Q4_1 | GgmlDType::Q5_1 => {
-                    let d = rd(0).to_f32();
-                    let m = rd(2).to_f32();
-                    if dtype == GgmlDType::Q4_1 {
-                        for j in 0..16 {
-                            vals[j] = d * (src[4 + j] & 0x0F) as f32 + m;
-                            vals[j + 16] = d * (src[4 + j] >> 4) as f32 + m;
-                        }
-                    } else {
-                        let qh = u32::from_le_bytes([src[4], src[5], src[6], src[7]]);
-                        for j in 0..16 {
-                            let h0 = (((qh >> j) << 4) & 0x10) as u8;
-                            let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-                            vals[j] = d * ((src[8 + j] & 0x0F) | h0) as f32 + m;
-                            vals[j + 16] = d * ((src[8 + j] >> 4) | h1) as f32 + m;
-                        }
-                    }
-                    let amax = vals.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                    let scale = amax / 127.0;
-                    let scale_h = f16::from_f32(scale);
-                    // Quantize against the f16-rounded scale actually stored.
-                    let s = scale_h.to_f32();
-                    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                    for j in 0..32 {
-                        qs[j] = (vals[j] * inv).round().clamp(-127.0, 127.0) as i8;
-                    }
-                    dst[..2].copy_from_slice(&scale_h.to_le_bytes());
-                    for j in 0..32 {
-                        dst[2 + j] = qs[j] as u8;
-                    }
-                }
-                _ => unreachable!("checked by converts_to_q8_0"),
+    let has_min = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1);
+    let mut blocks = vec![0u8; n * kb * Q8_0_BLOCK_BYTES];
+    let mut offsets = if has_min { vec![0f32; n * kb] } else { Vec::new() };
+    for i in 0..n * kb {
+        let src = &data[i * in_block..(i + 1) * in_block];
+        let dst = &mut blocks[i * Q8_0_BLOCK_BYTES..(i + 1) * Q8_0_BLOCK_BYTES];
+        let rd = |o: usize| f16::from_le_bytes([src[o], src[o + 1]]).to_f32();
+        // (offset of the nibbles, offset of the 5th bits if any, zero point)
+        let (qs_at, qh_at, zero) = match dtype {
+            GgmlDType::Q8_0 => {
+                dst.copy_from_slice(src);
+                continue;
             }
+            GgmlDType::Q4_0 => (2, None, 8),
+            GgmlDType::Q4_1 => (4, None, 8),
+            GgmlDType::Q5_0 => (6, Some(2), 16),
+            GgmlDType::Q5_1 => (8, Some(4), 16),
+            _ => unreachable!("checked by converts_to_q8_0"),
+        };
+        dst[..2].copy_from_slice(&src[..2]);
+        let qh = qh_at.map_or(0u32, |o| u32::from_le_bytes([src[o], src[o + 1], src[o + 2], src[o + 3]]));
+        for j in 0..16 {
+            let mut lo = src[qs_at + j] & 0x0F;
+            let mut hi = src[qs_at + j] >> 4;
+            if qh_at.is_some() {
+                lo |= (((qh >> j) << 4) & 0x10) as u8;
+                hi |= ((qh >> (j + 12)) & 0x10) as u8;
+            }
+            dst[2 + j] = (lo as i8 - zero) as u8;
+            dst[2 + j + 16] = (hi as i8 - zero) as u8;
         }
-        // Padding blocks stay all-zero (scale 0, values 0).
+        if has_min {
+            offsets[i] = rd(2) + zero as f32 * rd(0);
+        }
     }
-    let storage = QStorage::from_data(Cow::Owned(out), &Device::Cpu, GgmlDType::Q8_0)?;
-    Ok(QTensor::new(storage, (n, kp))?)
+    Ok(Q8_0Parts { blocks, offsets: has_min.then_some(offsets), n, k })
 }
 
 /// Concatenates 2-D quantized matrices of the same type and inner dimension along the rows

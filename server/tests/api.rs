@@ -187,6 +187,7 @@ async fn stop_string_across_tokens() {
     let stop = stop.unwrap_or_else(|| panic!("no word spans two tokens in {toks:?}"));
     let cut = text.find(&stop).unwrap_or_else(|| panic!("stop {stop:?} not in {text:?}"));
     let expected = &text[..cut];
+    assert!(!expected.is_empty(), "stop {stop:?} at the start of {text:?}");
 
     let body = chat_body(
         "Describe the city of Amsterdam in two sentences.",

@@ -219,6 +219,17 @@ fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `y += a * x` (AVX2 when available).
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2/FMA availability checked at run time.
+        unsafe { avx2::axpy(y, a, x) };
+        return;
+    }
+    axpy_scalar(y, a, x)
+}
+
 fn axpy_scalar(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;

@@ -1,29 +1,41 @@
-//! Quantized linear layers (`y = x W^T`) on candle's `QMatMul`, with load-time conversion of
-//! slow formats to aligned Q8_0 (see [`crate::gguf::to_q8_0_padded`]) and fusion of projections
-//! that share an input (Q/K/V, gate/up) into one matrix.
+//! Quantized linear layers (`y = x W^T`). Weights in Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 are converted
+//! exactly to Q8_0 (+ per-block offsets for Q4_1/Q5_1, see [`crate::gguf::to_q8_0_parts`]) and
+//! run on our packed VNNI kernel ([`super::qmatmul`]); k-quants (and everything on CPUs without
+//! AVX512-VNNI) run on candle's `QMatMul`. Projections sharing an input (Q/K/V, gate/up) are
+//! fused into one matrix.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Storage, Tensor};
 
+use super::kernels::{axpy, par_rows, SharedMut};
+use super::qmatmul::{self, PackedQ8};
 use super::ModelError;
-use crate::gguf::{concat_rows, converts_to_q8_0, to_q8_0_padded};
+use crate::gguf::{concat_rows, converts_to_q8_0, to_q8_0_parts};
+
+enum Kind {
+    Packed {
+        w: PackedQ8,
+        /// Per-block offsets transposed to `[k/32, n]` (Q4_1/Q5_1 mins).
+        offsets: Option<Vec<f32>>,
+    },
+    Candle(QMatMul),
+}
 
 /// A linear layer whose weight rows may be the concatenation of several projections.
 pub(crate) struct Linear {
-    mm: QMatMul,
-    /// Logical input width.
+    kind: Kind,
+    /// Input width.
     pub k: usize,
-    /// Input width the matmul expects (`>= k`, zero padded).
+    /// Input width the matmul expects (equal to `k`; kept for callers that pad).
     pub k_pad: usize,
     /// Output width (all parts).
     pub n: usize,
 }
 
 impl Linear {
-    /// Builds one linear layer from the weights `[n_i, k]` of projections sharing an input,
-    /// fused into one `[sum n_i, k]` matrix. Slow 32-block formats are converted to padded Q8_0;
-    /// other types are kept (parts with different kept types are converted to Q8_0 if possible,
-    /// otherwise an error is returned — callers then load them separately).
+    /// One linear layer from the weights `[n_i, k]` of projections sharing an input, fused into
+    /// one `[sum n_i, k]` matrix. Errors (`Unsupported`) when the parts have different inputs
+    /// or types that cannot share one matrix.
     pub(crate) fn fused(parts: Vec<QTensor>) -> Result<Self, ModelError> {
         let mut k = None;
         for p in &parts {
@@ -33,28 +45,49 @@ impl Linear {
             }
         }
         let k = k.ok_or_else(|| ModelError::Unsupported("linear layer with no weights".into()))?;
-        let all_same = parts.iter().all(|p| p.dtype() == parts[0].dtype());
-        let convert = parts.iter().all(|p| converts_to_q8_0(p.dtype()))
-            && (parts.iter().any(|p| p.dtype() != candle_core::quantized::GgmlDType::Q8_0)
-                || k % crate::gguf::K_ALIGN != 0);
-        let parts: Vec<QTensor> = if convert {
-            parts.iter().map(to_q8_0_padded).collect::<Result<_, _>>()?
-        } else if all_same {
-            parts
-        } else {
+        if qmatmul::available() && k % 32 == 0 && parts.iter().all(|p| converts_to_q8_0(p.dtype())) {
+            let kb = k / 32;
+            let conv = parts.iter().map(to_q8_0_parts).collect::<Result<Vec<_>, _>>()?;
+            let n: usize = conv.iter().map(|c| c.n).sum();
+            let mut blocks = Vec::with_capacity(n * kb * 34);
+            for c in &conv {
+                blocks.extend_from_slice(&c.blocks);
+            }
+            let offsets = if conv.iter().any(|c| c.offsets.is_some()) {
+                let mut t = vec![0f32; kb * n];
+                let mut row0 = 0;
+                for c in &conv {
+                    if let Some(o) = &c.offsets {
+                        for r in 0..c.n {
+                            for b in 0..kb {
+                                t[b * n + row0 + r] = o[r * kb + b];
+                            }
+                        }
+                    }
+                    row0 += c.n;
+                }
+                Some(t)
+            } else {
+                None
+            };
+            drop(conv);
+            let w = PackedQ8::from_q8_0_bytes(&blocks, n, k);
+            return Ok(Self { kind: Kind::Packed { w, offsets }, k, k_pad: k, n });
+        }
+        if !parts.iter().all(|p| p.dtype() == parts[0].dtype()) {
             return Err(ModelError::Unsupported(format!(
                 "fusing projections of types {:?}",
                 parts.iter().map(|p| p.dtype()).collect::<Vec<_>>()
             )));
-        };
+        }
         let w = if parts.len() == 1 {
             parts.into_iter().next().ok_or_else(|| ModelError::Unsupported("empty".into()))?
         } else {
             let refs: Vec<&QTensor> = parts.iter().collect();
             concat_rows(&refs)?
         };
-        let (n, k_pad) = w.shape().dims2()?;
-        Ok(Self { mm: QMatMul::from_qtensor(w)?, k, k_pad, n })
+        let (n, _) = w.shape().dims2()?;
+        Ok(Self { kind: Kind::Candle(QMatMul::from_qtensor(w)?), k, k_pad: k, n })
     }
 
     /// One projection.
@@ -62,30 +95,35 @@ impl Linear {
         Self::fused(vec![w])
     }
 
-    /// `x`: `[t, k_pad]` row-major (padding columns zero). Returns `[t, n]` as a tensor.
-    pub(crate) fn forward(&self, x: Vec<f32>) -> Result<Tensor, ModelError> {
-        let t = x.len() / self.k_pad;
-        let xt = Tensor::from_vec(x, (t, self.k_pad), &Device::Cpu)?;
-        Ok(self.mm.forward(&xt)?)
+    /// `x`: `[t, k]` row-major. Returns `[t, n]`.
+    pub(crate) fn forward(&self, x: Vec<f32>) -> Result<Vec<f32>, ModelError> {
+        let t = x.len() / self.k;
+        match &self.kind {
+            Kind::Packed { w, offsets } => {
+                let mut y = w.matmul(&x, t, self.k);
+                if let Some(off) = offsets {
+                    let (k, n, kb) = (self.k, self.n, self.k / 32);
+                    let py = SharedMut(y.as_mut_ptr());
+                    par_rows(t, kb * n * 2, |range| {
+                        let py = py;
+                        for r in range {
+                            // SAFETY: each row is written by one worker only.
+                            let yr = unsafe { std::slice::from_raw_parts_mut(py.0.add(r * n), n) };
+                            for b in 0..kb {
+                                let s: f32 = x[r * k + b * 32..r * k + b * 32 + 32].iter().sum();
+                                axpy(yr, s, &off[b * n..(b + 1) * n]);
+                            }
+                        }
+                    });
+                }
+                Ok(y)
+            }
+            Kind::Candle(mm) => {
+                let xt = Tensor::from_vec(x, (t, self.k), &Device::Cpu)?;
+                with_f32(&mm.forward(&xt)?, |s| s.to_vec())
+            }
+        }
     }
-
-    /// Like [`Linear::forward`] for an input of width `k` that still needs padding.
-    pub(crate) fn forward_unpadded(&self, x: &[f32]) -> Result<Tensor, ModelError> {
-        Ok(self.forward(pad_rows(x, self.k, self.k_pad))?)
-    }
-}
-
-/// Copies `[t, k]` rows into a zeroed `[t, k_pad]` buffer.
-pub(crate) fn pad_rows(x: &[f32], k: usize, k_pad: usize) -> Vec<f32> {
-    if k == k_pad {
-        return x.to_vec();
-    }
-    let t = x.len() / k;
-    let mut out = vec![0f32; t * k_pad];
-    for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(k_pad)) {
-        dst[..k].copy_from_slice(src);
-    }
-    out
 }
 
 /// Calls `f` with the f32 data of a contiguous CPU tensor.
@@ -101,3 +139,6 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, 
     let start = layout.start_offset();
     Ok(f(&data[start..start + layout.shape().elem_count()]))
 }
+
+#[allow(dead_code)]
+fn _unused(_: QStorage, _: GgmlDType) {}

@@ -26,6 +26,7 @@
 mod kernels;
 mod kv_cache;
 mod linear;
+mod qmatmul;
 
 use std::io::{Read, Seek};
 
@@ -234,7 +235,7 @@ impl Proj {
     /// `x`: `[t, k_pad()]`; returns `[t, n()]` (parts' columns side by side).
     fn forward(&self, x: Vec<f32>, k: usize) -> Result<Vec<f32>, ModelError> {
         match self {
-            Self::Fused(l) => to_vec(&l.forward(x)?),
+            Self::Fused(l) => l.forward(x),
             Self::Separate(ls) => {
                 let kp = self.k_pad();
                 let t = x.len() / kp;
@@ -245,14 +246,11 @@ impl Proj {
                     let y = if l.k_pad == kp {
                         l.forward(x.clone())?
                     } else {
-                        let raw: Vec<f32> = x.chunks_exact(kp).flat_map(|r| r[..k].iter().copied()).collect();
-                        l.forward_unpadded(&raw)?
+                        l.forward(x.chunks_exact(kp).flat_map(|r| r[..k].iter().copied()).collect())?
                     };
-                    with_f32(&y, |ys| {
-                        for (r, yr) in ys.chunks_exact(l.n).enumerate() {
-                            out[r * n + col..r * n + col + l.n].copy_from_slice(yr);
-                        }
-                    })?;
+                    for (r, yr) in y.chunks_exact(l.n).enumerate() {
+                        out[r * n + col..r * n + col + l.n].copy_from_slice(yr);
+                    }
                     col += l.n;
                 }
                 Ok(out)
@@ -533,7 +531,7 @@ impl Model {
                 layer.attn_output.k_pad,
             );
             drop(seqs);
-            let mut o = to_vec(&layer.attn_output.forward(attn)?)?;
+            let mut o = layer.attn_output.forward(attn)?;
             if let Some(w) = &layer.post_attn_norm {
                 kernels::rms_norm_inplace(&mut o, w, eps, hidden);
             }
@@ -545,7 +543,7 @@ impl Model {
             let act = if c.architecture == Architecture::Gemma3 { Activation::GeluTanh } else { Activation::Silu };
             let a = kernels::gated_act(&gu, c.intermediate_size, layer.ffn_down.k_pad, act);
             drop(gu);
-            let mut d = to_vec(&layer.ffn_down.forward(a)?)?;
+            let mut d = layer.ffn_down.forward(a)?;
             if let Some(w) = &layer.post_ffn_norm {
                 kernels::rms_norm_inplace(&mut d, w, eps, hidden);
             }
@@ -564,7 +562,8 @@ impl Model {
             let r = r as usize;
             kernels::rms_norm_row(&x[r * hidden..(r + 1) * hidden], &self.output_norm, eps, &mut dst[..hidden]);
         }
-        self.lm_head.forward(h)
+        let logits = self.lm_head.forward(h)?;
+        Ok(Tensor::from_vec(logits, (rows.len(), self.lm_head.n), &Device::Cpu)?)
     }
 }
 

@@ -350,6 +350,33 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync>() {}
+        check::<Tokenizer>();
+        fn check_send<T: Send>() {}
+        check_send::<StreamDecoder>();
+    }
+
+    #[test]
+    fn stream_decoder_small_vocab() {
+        let t = Tokenizer::from_gguf(&spm_meta()).expect("build");
+        let ids = t.encode("hello é world", true).expect("encode");
+        let mut d = StreamDecoder::new(t.clone());
+        let mut out = String::new();
+        for &id in &ids {
+            let delta = d.push(id).expect("push");
+            assert!(!delta.contains('\u{FFFD}'), "{delta:?}");
+            out.push_str(&delta);
+        }
+        out.push_str(&d.finish());
+        assert_eq!(out, "hello é world");
+        // A dangling lead byte comes out lossy only at finish().
+        let mut d = StreamDecoder::new(t);
+        assert_eq!(d.push(3 + 0xC3).expect("push"), "");
+        assert_eq!(d.finish(), "\u{FFFD}");
+    }
+
+    #[test]
     fn out_of_range_id_is_an_error() {
         let t = Tokenizer::from_gguf(&spm_meta()).expect("build");
         assert!(matches!(t.decode(&[1_000_000], true), Err(TokenizerError::IdOutOfRange { .. })));

@@ -1,0 +1,160 @@
+//! The engine thread runs concurrent requests together in one flattened forward pass per step.
+//! These tests check that batching never changes a result: greedy and seeded requests return the
+//! same tokens alone and together with other, different requests.
+
+use std::path::PathBuf;
+
+use govlm_inference::config::{DeviceSpec, ResolvedModel, Source};
+use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
+use govlm_inference::sampling::SamplingParams;
+
+fn engine(file: &str) -> EngineHandle {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(file);
+    assert!(path.is_file(), "model file {} missing: run `make models` first", path.display());
+    EngineHandle::spawn(&ResolvedModel {
+        id: "test".into(),
+        gguf: path,
+        tokenizer: Source::Gguf,
+        chat_template: Source::Gemma,
+        context_length: Some(2048),
+        device: DeviceSpec::Cpu,
+        max_waiting: 64,
+    })
+    .expect("spawn engine")
+}
+
+fn request(engine: &EngineHandle, prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        prompt_ids: engine.tokenizer().encode(prompt, true).expect("encode"),
+        max_tokens,
+        sampling,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: true,
+        prompt_logprobs: None,
+    }
+}
+
+/// Collects a request's events into (text, generated ids, finish reason).
+fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Vec<u32>, FinishReason) {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    loop {
+        match rx.blocking_recv().expect("engine closed the stream without Finished") {
+            Event::Delta { text: t, tokens } => {
+                text.push_str(&t);
+                ids.extend(tokens.iter().map(|t| t.id));
+            }
+            Event::Finished { reason, completion_tokens, .. } => {
+                assert_eq!(completion_tokens, ids.len());
+                return (text, ids, reason);
+            }
+            Event::PromptLogprobs(_) => {}
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { temperature: 0.0, ..SamplingParams::default() }
+}
+
+const PROMPTS: [&str; 5] = [
+    "The history of Hong Kong",
+    "Dear Sir or Madam,\n\nThank you for your letter of",
+    "香港特別行政區政府",
+    "A list of the planets of the solar system, in order from the Sun:",
+    "def fibonacci(n):",
+];
+
+fn batch_equals_alone(file: &str) {
+    let e = engine(file);
+    let alone: Vec<_> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| collect(e.submit(request(&e, p, 12 + 3 * i, greedy())).expect("submit")))
+        .collect();
+    // All at once: different prompt lengths, so prefill and decode steps mix in one batch.
+    let rxs: Vec<_> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| e.submit(request(&e, p, 12 + 3 * i, greedy())).expect("submit"))
+        .collect();
+    let together: Vec<_> = rxs.into_iter().map(collect).collect();
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.1, t.1, "{file}: prompt {i} ({:?}) differs alone vs batched", PROMPTS[i]);
+        assert_eq!(a.0, t.0);
+        assert_eq!(a.2, FinishReason::Length);
+    }
+}
+
+#[test]
+fn smollm2_batch_equals_alone() {
+    batch_equals_alone("SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn gemma3_batch_equals_alone() {
+    batch_equals_alone("gemma-3-270m-q4_k_m.gguf");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_under_load() {
+    let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let seeded = SamplingParams { temperature: 1.0, seed: Some(1234), ..SamplingParams::default() };
+    let alone = collect(e.submit(request(&e, PROMPTS[0], 20, seeded.clone())).expect("submit"));
+    let mut rxs = vec![e.submit(request(&e, PROMPTS[0], 20, seeded.clone())).expect("submit")];
+    for p in &PROMPTS[1..] {
+        let other = SamplingParams { temperature: 1.0, seed: None, ..SamplingParams::default() };
+        rxs.push(e.submit(request(&e, p, 20, other)).expect("submit"));
+    }
+    let mut results: Vec<_> = rxs.into_iter().map(collect).collect();
+    assert_eq!(alone.1, results.remove(0).1, "seeded request changed under load");
+}
+
+#[test]
+fn dropped_receiver_cancels_and_engine_keeps_serving() {
+    let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let rx = e.submit(request(&e, PROMPTS[0], 500, greedy())).expect("submit");
+    drop(rx);
+    let (_, ids, reason) = collect(e.submit(request(&e, PROMPTS[1], 5, greedy())).expect("submit"));
+    assert_eq!((ids.len(), reason), (5, FinishReason::Length));
+}
+
+#[test]
+fn stop_string_split_across_tokens_is_never_emitted() {
+    let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (full, _, _) = collect(e.submit(request(&e, PROMPTS[0], 24, greedy())).expect("submit"));
+    // A stop string that starts inside the output: the text must end right before it.
+    let words: Vec<&str> = full.split_whitespace().collect();
+    assert!(words.len() > 4, "greedy output too short: {full:?}");
+    let stop = format!("{} {}", words[2], words[3]);
+    let cut = full.find(&stop).expect("stop string present");
+    let mut req = request(&e, PROMPTS[0], 24, greedy());
+    req.stop = vec![stop.clone()];
+    let (text, _, reason) = collect(e.submit(req).expect("submit"));
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(text, full[..cut], "text must end before the stop string {stop:?}");
+}
+
+#[test]
+fn prompt_logprobs_cover_every_prompt_token() {
+    let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut req = request(&e, "The capital of France is Paris", 0, greedy());
+    req.prompt_logprobs = Some(1);
+    let n = req.prompt_ids.len();
+    let mut rx = e.submit(req).expect("submit");
+    match rx.blocking_recv() {
+        Some(Event::PromptLogprobs(lp)) => {
+            assert_eq!(lp.len(), n - 1);
+            assert!(lp.iter().all(|t| t.logprob.is_finite() && t.logprob <= 0.0));
+        }
+        other => panic!("expected prompt logprobs, got {other:?}"),
+    }
+    match rx.blocking_recv() {
+        Some(Event::Finished { reason, completion_tokens, prompt_tokens }) => {
+            assert_eq!((reason, completion_tokens, prompt_tokens), (FinishReason::Length, 0, n));
+        }
+        other => panic!("expected Finished, got {other:?}"),
+    }
+}
