@@ -40,7 +40,14 @@ pub struct ErrorDetail<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400 naming the request field at fault.
@@ -69,14 +76,22 @@ impl ApiError {
 
     /// 404 for an unknown path.
     pub fn route_not_found(path: &str) -> Self {
-        let mut e = Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("Unknown URL: {path}"));
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Unknown URL: {path}"),
+        );
         e.code = Some("unknown_url");
         e
     }
 
     /// 405 for a known path with the wrong method.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "Method not allowed")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "Method not allowed",
+        )
     }
 
     /// 413 for a body over `limit` bytes.
@@ -116,7 +131,9 @@ impl ApiError {
                 code: self.code,
             },
         })
-        .unwrap_or_else(|_| serde_json::json!({"error": {"message": "error", "type": "server_error"}}))
+        .unwrap_or_else(
+            |_| serde_json::json!({"error": {"message": "error", "type": "server_error"}}),
+        )
     }
 }
 
@@ -160,7 +177,9 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::EngineStopped { model } => {
                 let mut err = ApiError::engine_stopped();
-                err.message = format!("The engine of model `{model}` has stopped; the server needs a restart.");
+                err.message = format!(
+                    "The engine of model `{model}` has stopped; the server needs a restart."
+                );
                 err
             }
         }
@@ -188,10 +207,12 @@ impl From<serde_path_to_error::Error<serde_json::Error>> for ApiError {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => ApiError::bad_request(format!(
-                "We could not parse the JSON body of your request: {inner}. \
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::bad_request(format!(
+                    "We could not parse the JSON body of your request: {inner}. \
                  The body must be valid JSON."
-            )),
+                ))
+            }
             _ => {
                 let param = top_param(&path, &inner);
                 let message = if path.is_empty() || path == "." {
@@ -242,7 +263,10 @@ mod tests {
 
     #[test]
     fn queue_full_is_429_with_retry_after() {
-        let e = ApiError::from(SubmitError::QueueFull { model: "m".into(), capacity: 4 });
+        let e = ApiError::from(SubmitError::QueueFull {
+            model: "m".into(),
+            capacity: 4,
+        });
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
         let resp = e.into_response();
         assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
@@ -252,7 +276,9 @@ mod tests {
 
     #[test]
     fn template_error_is_400_with_message() {
-        let e = ApiError::from(TemplateError::Render("Conversation roles must alternate".into()));
+        let e = ApiError::from(TemplateError::Render(
+            "Conversation roles must alternate".into(),
+        ));
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("alternate"));
     }

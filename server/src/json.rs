@@ -79,7 +79,9 @@ pub fn parse_body<T: FromBody>(bytes: &[u8]) -> Result<T, ApiError> {
         ))
     })?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("The request body must be a JSON object."));
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+        ));
     }
     T::from_body(&value)
 }
@@ -101,11 +103,13 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_field() {
-        let e = parse_body::<ChatCompletionRequest>(br#"{"model":"m","messages":[{"role":5}]}"#).unwrap_err();
+        let e = parse_body::<ChatCompletionRequest>(br#"{"model":"m","messages":[{"role":5}]}"#)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"), "{e:?}");
         let e = parse_body::<ChatCompletionRequest>(br#"{"model":"m"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"), "{e:?}");
-        let e = parse_body::<ChatCompletionRequest>(br#"{"messages":[],"temperature":"hot"}"#).unwrap_err();
+        let e = parse_body::<ChatCompletionRequest>(br#"{"messages":[],"temperature":"hot"}"#)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"), "{e:?}");
         let e = parse_body::<CompletionRequest>(br#"{"prompt":"x","max_tokens":1.5}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"), "{e:?}");

@@ -48,22 +48,34 @@ pub struct AppState {
 impl AppState {
     /// State serving `engines` (keyed by their model ids) with default limits.
     pub fn new(engines: Vec<EngineHandle>) -> Self {
-        let models = engines.into_iter().map(|e| (e.model_id().to_string(), e)).collect();
-        AppState { models: Arc::new(models), default_model: None, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        let models = engines
+            .into_iter()
+            .map(|e| (e.model_id().to_string(), e))
+            .collect();
+        AppState {
+            models: Arc::new(models),
+            default_model: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
     }
 
     /// The engine for a request's `model`: 404 `model_not_found` for an unknown id; when absent,
     /// the default model (or the only one).
     pub fn engine(&self, model: Option<&str>) -> Result<&EngineHandle, ApiError> {
         match model {
-            Some(id) => self.models.get(id).ok_or_else(|| ApiError::model_not_found(id)),
+            Some(id) => self
+                .models
+                .get(id)
+                .ok_or_else(|| ApiError::model_not_found(id)),
             None => {
                 let fallback = match &self.default_model {
                     Some(d) => self.models.get(d),
                     None if self.models.len() == 1 => self.models.values().next(),
                     None => None,
                 };
-                fallback.ok_or_else(|| ApiError::invalid("model", "You must provide a `model` parameter."))
+                fallback.ok_or_else(|| {
+                    ApiError::invalid("model", "You must provide a `model` parameter.")
+                })
             }
         }
     }
@@ -100,13 +112,18 @@ pub struct ServerConfig {
 }
 
 /// Loads the models of `models.toml` (each on its own engine thread).
-pub async fn load_engines(config: &ServerConfig) -> anyhow::Result<(Vec<EngineHandle>, Option<String>)> {
+pub async fn load_engines(
+    config: &ServerConfig,
+) -> anyhow::Result<(Vec<EngineHandle>, Option<String>)> {
     let serve_cfg = ServeConfig::load(&config.models_toml)?;
     let mut resolved: Vec<ResolvedModel> = serve_cfg.resolve(&config.models_toml)?;
     if let Some(only) = &config.only_model {
         resolved.retain(|m| &m.id == only);
         if resolved.is_empty() {
-            anyhow::bail!("--model `{only}` is not among the [[models]] ids of {}", config.models_toml.display());
+            anyhow::bail!(
+                "--model `{only}` is not among the [[models]] ids of {}",
+                config.models_toml.display()
+            );
         }
     }
     let default_model = match &config.only_model {
@@ -117,10 +134,12 @@ pub async fn load_engines(config: &ServerConfig) -> anyhow::Result<(Vec<EngineHa
     for m in resolved {
         tracing::info!(model = %m.id, gguf = %m.gguf.display(), "loading model");
         let id = m.id.clone();
-        let engine = tokio::task::spawn_blocking(move || EngineHandle::spawn(&m))
-            .await
-            .context("model loading task panicked")?
-            .with_context(|| format!("cannot load model `{id}`"))?;
+        let engine = tokio::task::spawn_blocking(move || {
+            EngineHandle::spawn(&m).map_err(anyhow::Error::from)
+        })
+        .await
+        .context("model loading task panicked")?
+        .with_context(|| format!("cannot load model `{id}`"))?;
         engines.push(engine);
     }
     Ok((engines, default_model))
@@ -137,13 +156,17 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve --host {}", config.host))?
         .next()
         .with_context(|| format!("--host {} resolves to no address", config.host))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let mut ids: Vec<&String> = state.models.keys().collect();
     ids.sort();
     tracing::info!(%local, models = ?ids, "serving the OpenAI API");
     eprintln!("govlm: listening on http://{local} (models: {ids:?})");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 

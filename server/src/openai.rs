@@ -151,7 +151,11 @@ pub struct Usage {
 impl Usage {
     /// Usage with `total_tokens` computed.
     pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
-        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
     }
 }
 
@@ -322,7 +326,10 @@ mod tests {
             system_fingerprint: "fp".into(),
             choices: vec![ChatChunkChoice {
                 index: 0,
-                delta: ChatDelta { role: Some("assistant"), content: Some(String::new()) },
+                delta: ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                },
                 logprobs: None,
                 finish_reason: None,
             }],
@@ -330,7 +337,10 @@ mod tests {
         };
         let v = serde_json::to_value(&c).unwrap();
         assert!(v.get("usage").is_none());
-        assert_eq!(v["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(
+            v["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
         assert_eq!(v["choices"][0]["finish_reason"], Value::Null);
         c.usage = Some(None);
         assert_eq!(serde_json::to_value(&c).unwrap()["usage"], Value::Null);

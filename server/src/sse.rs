@@ -32,7 +32,8 @@ pub trait ChunkMaker: Send + 'static {
 
 /// Serialises a chunk to its `data:` payload.
 pub fn to_data<T: Serialize>(chunk: &T) -> Result<String, ApiError> {
-    serde_json::to_string(chunk).map_err(|e| ApiError::internal(format!("cannot serialise a chunk: {e}")))
+    serde_json::to_string(chunk)
+        .map_err(|e| ApiError::internal(format!("cannot serialise a chunk: {e}")))
 }
 
 type Merged = SelectAll<stream::BoxStream<'static, (usize, Event)>>;
@@ -104,13 +105,18 @@ pub fn payloads<M: ChunkMaker>(
     receivers: Vec<UnboundedReceiver<Event>>,
 ) -> impl futures::Stream<Item = String> + Send + 'static {
     let finished = vec![false; receivers.len()];
-    let events: Merged = stream::select_all(
-        receivers
-            .into_iter()
-            .enumerate()
-            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e)).boxed()),
-    );
-    let mut state = StreamState { events, maker, pending: VecDeque::new(), finished, done: false };
+    let events: Merged = stream::select_all(receivers.into_iter().enumerate().map(|(i, rx)| {
+        UnboundedReceiverStream::new(rx)
+            .map(move |e| (i, e))
+            .boxed()
+    }));
+    let mut state = StreamState {
+        events,
+        maker,
+        pending: VecDeque::new(),
+        finished,
+        done: false,
+    };
     let start = state.maker.start();
     state.push(start);
     stream::unfold(state, |mut st| async move {
@@ -127,7 +133,10 @@ pub fn payloads<M: ChunkMaker>(
 }
 
 /// The streamed HTTP response (`text/event-stream`).
-pub fn stream_response<M: ChunkMaker>(maker: M, receivers: Vec<UnboundedReceiver<Event>>) -> Response {
+pub fn stream_response<M: ChunkMaker>(
+    maker: M,
+    receivers: Vec<UnboundedReceiver<Event>>,
+) -> Response {
     let body = payloads(maker, receivers).map(|p| Ok::<_, Infallible>(SseEvent::default().data(p)));
     Sse::new(body).into_response()
 }
@@ -157,21 +166,32 @@ mod tests {
     }
 
     fn fin() -> Event {
-        Event::Finished { reason: FinishReason::Stop, prompt_tokens: 1, completion_tokens: 1 }
+        Event::Finished {
+            reason: FinishReason::Stop,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+        }
     }
 
     #[tokio::test]
     async fn merges_choices_and_ends_with_done() {
         let (tx0, rx0) = unbounded_channel();
         let (tx1, rx1) = unbounded_channel();
-        tx0.send(Event::Delta { text: "a".into(), tokens: vec![] }).unwrap();
+        tx0.send(Event::Delta {
+            text: "a".into(),
+            tokens: vec![],
+        })
+        .unwrap();
         tx0.send(fin()).unwrap();
         tx1.send(fin()).unwrap();
         // Senders stay alive: the stream must still end once every choice finished.
         let out: Vec<String> = payloads(Echo, vec![rx0, rx1]).collect().await;
         assert_eq!(out.first().map(String::as_str), Some("start"));
         assert!(out.contains(&"0:a".to_string()) && out.contains(&"1:fin".to_string()));
-        assert_eq!(&out[out.len() - 2..], &["usage".to_string(), DONE.to_string()]);
+        assert_eq!(
+            &out[out.len() - 2..],
+            &["usage".to_string(), DONE.to_string()]
+        );
         drop((tx0, tx1));
     }
 

@@ -40,36 +40,86 @@ pub struct Common {
     pub include_usage: bool,
 }
 
-fn in_range(param: &str, v: Option<f64>, default: f32, ok: impl Fn(f64) -> bool, rule: &str) -> Result<f32, ApiError> {
+fn in_range(
+    param: &str,
+    v: Option<f64>,
+    default: f32,
+    ok: impl Fn(f64) -> bool,
+    rule: &str,
+) -> Result<f32, ApiError> {
     match v {
         None => Ok(default),
         Some(x) if x.is_finite() && ok(x) => Ok(x as f32),
-        Some(x) => Err(ApiError::invalid(param, format!("`{param}` must be {rule}; got {x}."))),
+        Some(x) => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be {rule}; got {x}."),
+        )),
     }
 }
 
 /// Validates the sampling and stopping fields; `vocab_size` bounds `stop_token_ids`.
 pub fn common(f: &SamplingFields, vocab_size: usize) -> Result<Common, ApiError> {
-    let temperature = in_range("temperature", f.temperature, 1.0, |x| (0.0..=2.0).contains(&x), "between 0 and 2")?;
-    let top_p = in_range("top_p", f.top_p, 1.0, |x| x > 0.0 && x <= 1.0, "greater than 0 and at most 1")?;
-    let min_p = in_range("min_p", f.min_p, 0.0, |x| (0.0..=1.0).contains(&x), "between 0 and 1")?;
-    let repetition_penalty =
-        in_range("repetition_penalty", f.repetition_penalty, 1.0, |x| x > 0.0, "greater than 0")?;
-    let presence_penalty =
-        in_range("presence_penalty", f.presence_penalty, 0.0, |x| (-2.0..=2.0).contains(&x), "between -2 and 2")?;
-    let frequency_penalty =
-        in_range("frequency_penalty", f.frequency_penalty, 0.0, |x| (-2.0..=2.0).contains(&x), "between -2 and 2")?;
+    let temperature = in_range(
+        "temperature",
+        f.temperature,
+        1.0,
+        |x| (0.0..=2.0).contains(&x),
+        "between 0 and 2",
+    )?;
+    let top_p = in_range(
+        "top_p",
+        f.top_p,
+        1.0,
+        |x| x > 0.0 && x <= 1.0,
+        "greater than 0 and at most 1",
+    )?;
+    let min_p = in_range(
+        "min_p",
+        f.min_p,
+        0.0,
+        |x| (0.0..=1.0).contains(&x),
+        "between 0 and 1",
+    )?;
+    let repetition_penalty = in_range(
+        "repetition_penalty",
+        f.repetition_penalty,
+        1.0,
+        |x| x > 0.0,
+        "greater than 0",
+    )?;
+    let presence_penalty = in_range(
+        "presence_penalty",
+        f.presence_penalty,
+        0.0,
+        |x| (-2.0..=2.0).contains(&x),
+        "between -2 and 2",
+    )?;
+    let frequency_penalty = in_range(
+        "frequency_penalty",
+        f.frequency_penalty,
+        0.0,
+        |x| (-2.0..=2.0).contains(&x),
+        "between -2 and 2",
+    )?;
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
         Some(k) => {
-            return Err(ApiError::invalid("top_k", format!("`top_k` must be -1 or 0 (off) or a positive integer; got {k}.")))
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("`top_k` must be -1 or 0 (off) or a positive integer; got {k}."),
+            ))
         }
     };
     let n = match f.n {
         None => 1,
         Some(n) if (1..=MAX_N).contains(&n) => n as usize,
-        Some(n) => return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_N}; got {n}."))),
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}; got {n}."),
+            ))
+        }
     };
     let stop = stop_strings(f.stop.as_ref())?;
     let mut stop_token_ids = Vec::new();
@@ -87,11 +137,18 @@ pub fn common(f: &SamplingFields, vocab_size: usize) -> Result<Common, ApiError>
     if let Some(bias) = &f.logit_bias {
         let empty = bias.is_null() || bias.as_object().is_some_and(|m| m.is_empty());
         if !empty {
-            return Err(ApiError::invalid("logit_bias", "`logit_bias` is not supported yet."));
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "`logit_bias` is not supported yet.",
+            ));
         }
     }
     let stream = f.stream.unwrap_or(false);
-    let include_usage = f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let include_usage = f
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     Ok(Common {
         sampling: SamplingParams {
             temperature,
@@ -122,19 +179,32 @@ pub fn stop_strings(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
             if items.len() > MAX_STOP {
                 return Err(ApiError::invalid(
                     "stop",
-                    format!("`stop` may hold at most {MAX_STOP} strings; got {}.", items.len()),
+                    format!(
+                        "`stop` may hold at most {MAX_STOP} strings; got {}.",
+                        items.len()
+                    ),
                 ));
             }
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 match item {
                     Value::String(s) => out.push(s.clone()),
-                    _ => return Err(ApiError::invalid(format!("stop[{i}]"), "each stop sequence must be a string.")),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            format!("stop[{i}]"),
+                            "each stop sequence must be a string.",
+                        ))
+                    }
                 }
             }
             out
         }
-        Some(_) => return Err(ApiError::invalid("stop", "`stop` must be a string or a list of strings.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` must be a string or a list of strings.",
+            ))
+        }
     };
     Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -144,7 +214,10 @@ pub fn stop_strings(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
 /// or null (empty).
 pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must hold at least one message."));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must hold at least one message.",
+        ));
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
@@ -161,7 +234,10 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
             }
         };
         let content = message_content(m.content.as_ref(), i)?;
-        out.push(ChatMessage { role: role.to_string(), content });
+        out.push(ChatMessage {
+            role: role.to_string(),
+            content,
+        });
     }
     Ok(out)
 }
@@ -178,16 +254,24 @@ fn message_content(v: Option<&Value>, i: usize) -> Result<String, ApiError> {
                 match (kind, part.get("text")) {
                     (Some("text"), Some(Value::String(t))) => texts.push(t.as_str()),
                     (Some("text"), _) => {
-                        return Err(ApiError::invalid(format!("{param}.text"), "a text part needs a string `text`."))
+                        return Err(ApiError::invalid(
+                            format!("{param}.text"),
+                            "a text part needs a string `text`.",
+                        ))
                     }
                     (Some(other), _) => {
                         return Err(ApiError::invalid(
                             format!("{param}.type"),
-                            format!("content parts of type `{other}` are not supported; only `text`."),
+                            format!(
+                                "content parts of type `{other}` are not supported; only `text`."
+                            ),
                         ))
                     }
                     (None, _) => {
-                        return Err(ApiError::invalid(format!("{param}.type"), "each content part needs a `type`."))
+                        return Err(ApiError::invalid(
+                            format!("{param}.type"),
+                            "each content part needs a `type`.",
+                        ))
                     }
                 }
             }
@@ -208,7 +292,10 @@ pub fn chat_max_tokens(req: &ChatCompletionRequest) -> Result<Option<usize>, Api
         (None, None) => return Ok(None),
     };
     if v < 1 {
-        return Err(ApiError::invalid(param, format!("`{param}` must be at least 1; got {v}.")));
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be at least 1; got {v}."),
+        ));
     }
     Ok(Some(usize::try_from(v).unwrap_or(usize::MAX)))
 }
@@ -225,7 +312,11 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
             ))
         }
     };
-    Ok(if req.logprobs.unwrap_or(false) { Some(top) } else { None })
+    Ok(if req.logprobs.unwrap_or(false) {
+        Some(top)
+    } else {
+        None
+    })
 }
 
 /// `response_format`: only absent, null or `{"type": "text"}`.
@@ -253,11 +344,19 @@ pub struct CompletionOptions {
 }
 
 /// Validates `max_tokens` (default 16, may be 0), `logprobs` (0..=5), `echo`, `suffix`, `best_of`.
-pub fn completion_options(req: &CompletionRequest, n: usize) -> Result<CompletionOptions, ApiError> {
+pub fn completion_options(
+    req: &CompletionRequest,
+    n: usize,
+) -> Result<CompletionOptions, ApiError> {
     let max_tokens = match req.max_tokens {
         None => DEFAULT_COMPLETION_MAX_TOKENS,
         Some(v) if v >= 0 => usize::try_from(v).unwrap_or(usize::MAX),
-        Some(v) => return Err(ApiError::invalid("max_tokens", format!("`max_tokens` must be at least 0; got {v}."))),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("`max_tokens` must be at least 0; got {v}."),
+            ))
+        }
     };
     let logprobs = match req.logprobs {
         None => None,
@@ -274,10 +373,17 @@ pub fn completion_options(req: &CompletionRequest, n: usize) -> Result<Completio
     }
     if let Some(b) = req.best_of {
         if b != 1 && b != n as i64 {
-            return Err(ApiError::invalid("best_of", "`best_of` other than 1 or `n` is not supported."));
+            return Err(ApiError::invalid(
+                "best_of",
+                "`best_of` other than 1 or `n` is not supported.",
+            ));
         }
     }
-    Ok(CompletionOptions { max_tokens, echo: req.echo.unwrap_or(false), logprobs })
+    Ok(CompletionOptions {
+        max_tokens,
+        echo: req.echo.unwrap_or(false),
+        logprobs,
+    })
 }
 
 /// One prompt of a completion request.
@@ -292,18 +398,26 @@ pub enum PromptInput {
 pub fn prompts(v: Option<&Value>, vocab_size: usize) -> Result<Vec<PromptInput>, ApiError> {
     let shape = "`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists.";
     let items = match v {
-        None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "`prompt` is required.")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("prompt", "`prompt` is required."))
+        }
         Some(Value::String(s)) => return Ok(vec![PromptInput::Text(s.clone())]),
         Some(Value::Array(items)) => items,
         Some(_) => return Err(ApiError::invalid("prompt", shape)),
     };
     if items.is_empty() {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
+        return Err(ApiError::invalid(
+            "prompt",
+            "`prompt` must not be an empty list.",
+        ));
     }
     let token = |x: &Value, param: String| -> Result<u32, ApiError> {
         match x.as_u64() {
             Some(id) if (id as usize) < vocab_size => Ok(id as u32),
-            _ => Err(ApiError::invalid(param, format!("token id {x} is not in the vocabulary (0..{vocab_size})."))),
+            _ => Err(ApiError::invalid(
+                param,
+                format!("token id {x} is not in the vocabulary (0..{vocab_size})."),
+            )),
         }
     };
     let out: Vec<PromptInput> = match &items[0] {
@@ -316,8 +430,11 @@ pub fn prompts(v: Option<&Value>, vocab_size: usize) -> Result<Vec<PromptInput>,
             })
             .collect::<Result<_, _>>()?,
         Value::Number(_) => {
-            let ids =
-                items.iter().enumerate().map(|(i, x)| token(x, format!("prompt[{i}]"))).collect::<Result<_, _>>()?;
+            let ids = items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| token(x, format!("prompt[{i}]")))
+                .collect::<Result<_, _>>()?;
             vec![PromptInput::Tokens(ids)]
         }
         Value::Array(_) => items
@@ -330,7 +447,10 @@ pub fn prompts(v: Option<&Value>, vocab_size: usize) -> Result<Vec<PromptInput>,
                     .map(|(j, t)| token(t, format!("prompt[{i}][{j}]")))
                     .collect::<Result<Vec<u32>, _>>()
                     .map(PromptInput::Tokens),
-                Value::Array(_) => Err(ApiError::invalid(format!("prompt[{i}]"), "a token-id list must not be empty.")),
+                Value::Array(_) => Err(ApiError::invalid(
+                    format!("prompt[{i}]"),
+                    "a token-id list must not be empty.",
+                )),
                 _ => Err(ApiError::invalid(format!("prompt[{i}]"), shape)),
             })
             .collect::<Result<_, _>>()?,
@@ -349,7 +469,11 @@ pub fn fit_context(
     prompt_param: &str,
     max_param: &str,
 ) -> Result<usize, ApiError> {
-    let what = if prompt_param == "messages" { "messages" } else { "prompt" };
+    let what = if prompt_param == "messages" {
+        "messages"
+    } else {
+        "prompt"
+    };
     if prompt_len > context_length || (requested.is_none() && prompt_len >= context_length) {
         return Err(ApiError::invalid(
             prompt_param,
@@ -425,23 +549,53 @@ mod tests {
 
     #[test]
     fn each_sampling_param_is_named() {
-        assert_eq!(param_of(json!({"temperature": -1})).as_deref(), Some("temperature"));
-        assert_eq!(param_of(json!({"temperature": 2.5})).as_deref(), Some("temperature"));
+        assert_eq!(
+            param_of(json!({"temperature": -1})).as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param_of(json!({"temperature": 2.5})).as_deref(),
+            Some("temperature")
+        );
         assert_eq!(param_of(json!({"top_p": 2})).as_deref(), Some("top_p"));
         assert_eq!(param_of(json!({"top_p": 0})).as_deref(), Some("top_p"));
         assert_eq!(param_of(json!({"top_k": -2})).as_deref(), Some("top_k"));
         assert_eq!(param_of(json!({"min_p": 1.5})).as_deref(), Some("min_p"));
-        assert_eq!(param_of(json!({"repetition_penalty": 0})).as_deref(), Some("repetition_penalty"));
-        assert_eq!(param_of(json!({"presence_penalty": 3})).as_deref(), Some("presence_penalty"));
-        assert_eq!(param_of(json!({"frequency_penalty": -2.1})).as_deref(), Some("frequency_penalty"));
+        assert_eq!(
+            param_of(json!({"repetition_penalty": 0})).as_deref(),
+            Some("repetition_penalty")
+        );
+        assert_eq!(
+            param_of(json!({"presence_penalty": 3})).as_deref(),
+            Some("presence_penalty")
+        );
+        assert_eq!(
+            param_of(json!({"frequency_penalty": -2.1})).as_deref(),
+            Some("frequency_penalty")
+        );
         assert_eq!(param_of(json!({"n": 0})).as_deref(), Some("n"));
         assert_eq!(param_of(json!({"n": 17})).as_deref(), Some("n"));
         assert_eq!(param_of(json!({"stop": 5})).as_deref(), Some("stop"));
-        assert_eq!(param_of(json!({"stop": ["a", 1]})).as_deref(), Some("stop[1]"));
-        assert_eq!(param_of(json!({"stop": vec!["x"; 17]})).as_deref(), Some("stop"));
-        assert_eq!(param_of(json!({"stop_token_ids": [1, 100]})).as_deref(), Some("stop_token_ids[1]"));
-        assert_eq!(param_of(json!({"stop_token_ids": [-1]})).as_deref(), Some("stop_token_ids[0]"));
-        assert_eq!(param_of(json!({"logit_bias": {"5": 10}})).as_deref(), Some("logit_bias"));
+        assert_eq!(
+            param_of(json!({"stop": ["a", 1]})).as_deref(),
+            Some("stop[1]")
+        );
+        assert_eq!(
+            param_of(json!({"stop": vec!["x"; 17]})).as_deref(),
+            Some("stop")
+        );
+        assert_eq!(
+            param_of(json!({"stop_token_ids": [1, 100]})).as_deref(),
+            Some("stop_token_ids[1]")
+        );
+        assert_eq!(
+            param_of(json!({"stop_token_ids": [-1]})).as_deref(),
+            Some("stop_token_ids[0]")
+        );
+        assert_eq!(
+            param_of(json!({"logit_bias": {"5": 10}})).as_deref(),
+            Some("logit_bias")
+        );
     }
 
     #[test]
@@ -460,8 +614,17 @@ mod tests {
         assert_eq!(c.stop_token_ids, vec![3]);
         assert!(c.ignore_eos && c.stream && c.include_usage);
         assert_eq!(c.n, 3);
-        assert_eq!(common(&fields(json!({"top_k": 40})), 100).unwrap().sampling.top_k, 40);
-        assert_eq!(stop_strings(Some(&json!(["", "a"]))).unwrap(), vec!["a".to_string()]);
+        assert_eq!(
+            common(&fields(json!({"top_k": 40})), 100)
+                .unwrap()
+                .sampling
+                .top_k,
+            40
+        );
+        assert_eq!(
+            stop_strings(Some(&json!(["", "a"]))).unwrap(),
+            vec!["a".to_string()]
+        );
     }
 
     fn msgs(v: Value) -> Vec<ChatMessageIn> {
@@ -482,10 +645,16 @@ mod tests {
         assert_eq!(out[2].content, "");
         let e = chat_messages(&[]).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = chat_messages(&msgs(json!([{"role": "user", "content": "x"}, {"role": "wizard", "content": "x"}]))).unwrap_err();
+        let e = chat_messages(&msgs(
+            json!([{"role": "user", "content": "x"}, {"role": "wizard", "content": "x"}]),
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[1].role"));
         assert!(e.message.contains("wizard"));
-        let e = chat_messages(&msgs(json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]))).unwrap_err();
+        let e = chat_messages(&msgs(
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
         let e = chat_messages(&msgs(json!([{"role": "user", "content": 5}]))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
@@ -499,12 +668,28 @@ mod tests {
     fn chat_fields() {
         let e = chat_max_tokens(&chat(json!({"messages": [], "max_tokens": -5}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let e = chat_max_tokens(&chat(json!({"messages": [], "max_completion_tokens": 0}))).unwrap_err();
+        let e = chat_max_tokens(&chat(json!({"messages": [], "max_completion_tokens": 0})))
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
-        assert_eq!(chat_max_tokens(&chat(json!({"messages": [], "max_tokens": 5}))).unwrap(), Some(5));
-        assert_eq!(chat_logprobs(&chat(json!({"messages": [], "logprobs": true, "top_logprobs": 3}))).unwrap(), Some(3));
-        assert_eq!(chat_logprobs(&chat(json!({"messages": [], "top_logprobs": 3}))).unwrap(), None);
-        let e = chat_logprobs(&chat(json!({"messages": [], "logprobs": true, "top_logprobs": 21}))).unwrap_err();
+        assert_eq!(
+            chat_max_tokens(&chat(json!({"messages": [], "max_tokens": 5}))).unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            chat_logprobs(&chat(
+                json!({"messages": [], "logprobs": true, "top_logprobs": 3})
+            ))
+            .unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            chat_logprobs(&chat(json!({"messages": [], "top_logprobs": 3}))).unwrap(),
+            None
+        );
+        let e = chat_logprobs(&chat(
+            json!({"messages": [], "logprobs": true, "top_logprobs": 21}),
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
         assert!(response_format(Some(&json!({"type": "text"}))).is_ok());
         let e = response_format(Some(&json!({"type": "json_object"}))).unwrap_err();
@@ -519,9 +704,27 @@ mod tests {
     #[test]
     fn completion_fields() {
         let o = completion_options(&completion(json!({"prompt": "x"})), 1).unwrap();
-        assert_eq!(o, CompletionOptions { max_tokens: 16, echo: false, logprobs: None });
-        let o = completion_options(&completion(json!({"prompt": "x", "max_tokens": 0, "echo": true, "logprobs": 1})), 1).unwrap();
-        assert_eq!(o, CompletionOptions { max_tokens: 0, echo: true, logprobs: Some(1) });
+        assert_eq!(
+            o,
+            CompletionOptions {
+                max_tokens: 16,
+                echo: false,
+                logprobs: None
+            }
+        );
+        let o = completion_options(
+            &completion(json!({"prompt": "x", "max_tokens": 0, "echo": true, "logprobs": 1})),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            CompletionOptions {
+                max_tokens: 0,
+                echo: true,
+                logprobs: Some(1)
+            }
+        );
         let p = |v| completion_options(&completion(v), 1).unwrap_err().param;
         assert_eq!(p(json!({"max_tokens": -5})).as_deref(), Some("max_tokens"));
         assert_eq!(p(json!({"logprobs": 6})).as_deref(), Some("logprobs"));
@@ -532,12 +735,27 @@ mod tests {
     #[test]
     fn prompt_forms() {
         use PromptInput::*;
-        assert_eq!(prompts(Some(&json!("hi")), 10).unwrap(), vec![Text("hi".into())]);
-        assert_eq!(prompts(Some(&json!(["a", "b"])), 10).unwrap(), vec![Text("a".into()), Text("b".into())]);
-        assert_eq!(prompts(Some(&json!([1, 2, 3])), 10).unwrap(), vec![Tokens(vec![1, 2, 3])]);
-        assert_eq!(prompts(Some(&json!([[1], [2, 3]])), 10).unwrap(), vec![Tokens(vec![1]), Tokens(vec![2, 3])]);
+        assert_eq!(
+            prompts(Some(&json!("hi")), 10).unwrap(),
+            vec![Text("hi".into())]
+        );
+        assert_eq!(
+            prompts(Some(&json!(["a", "b"])), 10).unwrap(),
+            vec![Text("a".into()), Text("b".into())]
+        );
+        assert_eq!(
+            prompts(Some(&json!([1, 2, 3])), 10).unwrap(),
+            vec![Tokens(vec![1, 2, 3])]
+        );
+        assert_eq!(
+            prompts(Some(&json!([[1], [2, 3]])), 10).unwrap(),
+            vec![Tokens(vec![1]), Tokens(vec![2, 3])]
+        );
         let p = |v: Value| prompts(Some(&v), 10).unwrap_err().param;
-        assert_eq!(prompts(None, 10).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(
+            prompts(None, 10).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
         assert_eq!(p(json!([])).as_deref(), Some("prompt"));
         assert_eq!(p(json!(5)).as_deref(), Some("prompt"));
         assert_eq!(p(json!([1, 10])).as_deref(), Some("prompt[1]"));
@@ -550,21 +768,50 @@ mod tests {
 
     #[test]
     fn context_fit() {
-        assert_eq!(fit_context(10, None, 100, "messages", "max_tokens").unwrap(), 90);
-        assert_eq!(fit_context(10, Some(90), 100, "prompt", "max_tokens").unwrap(), 90);
+        assert_eq!(
+            fit_context(10, None, 100, "messages", "max_tokens").unwrap(),
+            90
+        );
+        assert_eq!(
+            fit_context(10, Some(90), 100, "prompt", "max_tokens").unwrap(),
+            90
+        );
         let e = fit_context(10, Some(91), 100, "prompt", "max_tokens").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        assert!(e.message.contains("100") && e.message.contains("10 in the prompt") && e.message.contains("91"), "{}", e.message);
+        assert!(
+            e.message.contains("100")
+                && e.message.contains("10 in the prompt")
+                && e.message.contains("91"),
+            "{}",
+            e.message
+        );
         let e = fit_context(150, Some(1), 100, "messages", "max_tokens").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
-        assert!(e.message.contains("100") && e.message.contains("150"), "{}", e.message);
-        assert_eq!(fit_context(100, None, 100, "messages", "max_tokens").unwrap_err().param.as_deref(), Some("messages"));
-        assert_eq!(fit_context(100, Some(0), 100, "prompt", "max_tokens").unwrap(), 0);
+        assert!(
+            e.message.contains("100") && e.message.contains("150"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            fit_context(100, None, 100, "messages", "max_tokens")
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            fit_context(100, Some(0), 100, "prompt", "max_tokens").unwrap(),
+            0
+        );
     }
 
     #[test]
     fn seeds_per_choice() {
-        let mut c = common(&fields(json!({"n": 3, "seed": 10, "temperature": 0.8})), 100).unwrap();
+        let mut c = common(
+            &fields(json!({"n": 3, "seed": 10, "temperature": 0.8})),
+            100,
+        )
+        .unwrap();
         let reqs = generate_requests(&[1, 2], 5, &c, Some(2), None);
         let seeds: Vec<_> = reqs.iter().map(|r| r.sampling.seed).collect();
         assert_eq!(seeds, vec![Some(10), Some(11), Some(12)]);

@@ -15,14 +15,24 @@ const BODY_LIMIT: usize = 1024 * 1024;
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
-        start(resolved(MODEL, "SmolLM2-135M-Instruct.Q4_1.gguf", Source::Gguf, CONTEXT), BODY_LIMIT)
+        start(
+            resolved(
+                MODEL,
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                Source::Gguf,
+                CONTEXT,
+            ),
+            BODY_LIMIT,
+        )
     })
 }
 
 /// Tests comparing greedy outputs run one at a time (no batching with other tests' sequences).
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| tokio::sync::Mutex::new(())).lock().await
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
 }
 
 fn chat_body(content: &str, extra: Value) -> Value {
@@ -36,8 +46,15 @@ fn chat_body(content: &str, extra: Value) -> Value {
 }
 
 fn chunks(payloads: &[String]) -> Vec<Value> {
-    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{payloads:?}");
-    payloads[..payloads.len() - 1].iter().map(|p| serde_json::from_str(p).expect("chunk JSON")).collect()
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{payloads:?}"
+    );
+    payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("chunk JSON"))
+        .collect()
 }
 
 fn stream_text(chunks: &[Value], index: usize) -> String {
@@ -52,13 +69,22 @@ fn stream_text(chunks: &[Value], index: usize) -> String {
 #[tokio::test]
 async fn models_and_health() {
     let s = server();
-    let v: Value = reqwest::get(format!("{}/v1/models", s.base)).await.unwrap().json().await.unwrap();
+    let v: Value = reqwest::get(format!("{}/v1/models", s.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], MODEL);
     assert_eq!(v["data"][0]["object"], "model");
-    let r = reqwest::get(format!("{}/v1/models/{MODEL}", s.base)).await.unwrap();
+    let r = reqwest::get(format!("{}/v1/models/{MODEL}", s.base))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = reqwest::get(format!("{}/v1/models/nope", s.base)).await.unwrap();
+    let r = reqwest::get(format!("{}/v1/models/nope", s.base))
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap();
     assert_error(status, &body, 404, Some("model"));
@@ -71,7 +97,10 @@ async fn models_and_health() {
 async fn chat_stream_matches_non_stream_with_usage() {
     let s = server();
     let _g = serial().await;
-    let body = chat_body("Write one sentence about the sea.", json!({"temperature": 0, "max_tokens": 24}));
+    let body = chat_body(
+        "Write one sentence about the sea.",
+        json!({"temperature": 0, "max_tokens": 24}),
+    );
     let (status, v) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
@@ -99,7 +128,11 @@ async fn chat_stream_matches_non_stream_with_usage() {
     for c in &cs[..cs.len() - 1] {
         assert!(c["usage"].is_null() && c.get("usage").is_some(), "{c}");
     }
-    let finish = cs.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string));
+    let finish = cs.iter().rev().find_map(|c| {
+        c["choices"][0]["finish_reason"]
+            .as_str()
+            .map(str::to_string)
+    });
     assert_eq!(finish.as_deref(), choice["finish_reason"].as_str());
     let last = cs.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -115,14 +148,20 @@ async fn chat_stream_matches_non_stream_with_usage() {
 #[tokio::test]
 async fn length_finish_with_exact_usage_and_n2() {
     let s = server();
-    let body = chat_body("Count to one hundred.", json!({"temperature": 0, "max_tokens": 5, "ignore_eos": true}));
+    let body = chat_body(
+        "Count to one hundred.",
+        json!({"temperature": 0, "max_tokens": 5, "ignore_eos": true}),
+    );
     let (status, v) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 5);
     let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens > 5);
-    assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), prompt_tokens + 5);
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64().unwrap(),
+        prompt_tokens + 5
+    );
 
     let body = chat_body(
         "Tell me a story.",
@@ -135,21 +174,35 @@ async fn length_finish_with_exact_usage_and_n2() {
     assert_eq!(choices[0]["index"], 0);
     assert_eq!(choices[1]["index"], 1);
     assert_eq!(v["usage"]["completion_tokens"], 12);
-    assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap(), prompt_tokens_of(s, "Tell me a story.").await);
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        prompt_tokens_of(s, "Tell me a story.").await
+    );
 }
 
 async fn prompt_tokens_of(s: &TestServer, content: &str) -> u64 {
-    let (_, v) = post(&s.base, "/v1/chat/completions", &chat_body(content, json!({"max_tokens": 1}))).await;
+    let (_, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &chat_body(content, json!({"max_tokens": 1})),
+    )
+    .await;
     v["usage"]["prompt_tokens"].as_u64().unwrap()
 }
 
 #[tokio::test]
 async fn seed_reproducible_at_temperature_1() {
     let s = server();
-    let body = chat_body("Name a colour and an animal.", json!({"temperature": 1.0, "seed": 1234, "max_tokens": 16}));
+    let body = chat_body(
+        "Name a colour and an animal.",
+        json!({"temperature": 1.0, "seed": 1234, "max_tokens": 16}),
+    );
     let (_, a) = post(&s.base, "/v1/chat/completions", &body).await;
     let (_, b) = post(&s.base, "/v1/chat/completions", &body).await;
-    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"], "{a} {b}");
+    assert_eq!(
+        a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"],
+        "{a} {b}"
+    );
 }
 
 #[tokio::test]
@@ -162,14 +215,20 @@ async fn stop_string_across_tokens() {
     );
     let (status, v) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert!(!content.is_empty());
     for t in content {
         assert!(t["logprob"].as_f64().unwrap() <= 0.0);
         assert!(t["bytes"].is_array() && t["top_logprobs"].as_array().unwrap().len() <= 2);
     }
-    let toks: Vec<String> = content.iter().map(|t| t["token"].as_str().unwrap().to_string()).collect();
+    let toks: Vec<String> = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap().to_string())
+        .collect();
     // A stop string made of the end of one token and the start of the next (not at the very
     // start of the text), e.g. "nt a" across " vibrant" + " and".
     let mut stop = None;
@@ -185,9 +244,14 @@ async fn stop_string_across_tokens() {
         }
     }
     let stop = stop.unwrap_or_else(|| panic!("no word spans two tokens in {toks:?}"));
-    let cut = text.find(&stop).unwrap_or_else(|| panic!("stop {stop:?} not in {text:?}"));
+    let cut = text
+        .find(&stop)
+        .unwrap_or_else(|| panic!("stop {stop:?} not in {text:?}"));
     let expected = &text[..cut];
-    assert!(!expected.is_empty(), "stop {stop:?} at the start of {text:?}");
+    assert!(
+        !expected.is_empty(),
+        "stop {stop:?} at the start of {text:?}"
+    );
 
     let body = chat_body(
         "Describe the city of Amsterdam in two sentences.",
@@ -195,14 +259,21 @@ async fn stop_string_across_tokens() {
     );
     let (status, v) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["choices"][0]["message"]["content"], expected, "stop {stop:?}");
+    assert_eq!(
+        v["choices"][0]["message"]["content"], expected,
+        "stop {stop:?}"
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
 
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     let cs = chunks(&post_stream(&s.base, "/v1/chat/completions", &sbody).await);
     assert_eq!(stream_text(&cs, 0), expected, "stop {stop:?}");
-    let finish = cs.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str().map(str::to_string));
+    let finish = cs.iter().rev().find_map(|c| {
+        c["choices"][0]["finish_reason"]
+            .as_str()
+            .map(str::to_string)
+    });
     assert_eq!(finish.as_deref(), Some("stop"));
 }
 
@@ -210,7 +281,8 @@ async fn stop_string_across_tokens() {
 async fn echo_logprobs_scoring() {
     let s = server();
     let prompt = "The capital of France is Paris";
-    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1});
+    let body =
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1});
     let (status, v) = post(&s.base, "/v1/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
@@ -240,7 +312,10 @@ async fn echo_logprobs_scoring() {
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
     let cs = chunks(&post_stream(&s.base, "/v1/completions", &sbody).await);
-    let text: String = cs.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let text: String = cs
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, prompt);
 }
 
@@ -268,7 +343,10 @@ async fn prompt_forms() {
     let (status, toks) = post(&s.base, "/v1/completions", &body(json!(ids1))).await;
     assert_eq!(status, 200, "{toks}");
     assert_eq!(toks["choices"][0]["text"], t1.as_str());
-    assert_eq!(toks["usage"]["prompt_tokens"].as_u64().unwrap() as usize, ids1.len());
+    assert_eq!(
+        toks["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        ids1.len()
+    );
 
     let mut b = body(json!([ids1, ids2]));
     b["n"] = json!(2);
@@ -280,7 +358,10 @@ async fn prompt_forms() {
         assert_eq!(c["index"], i);
         assert_eq!(c["text"], if i < 2 { t1.as_str() } else { t2.as_str() });
     }
-    assert_eq!(lists["usage"]["prompt_tokens"].as_u64().unwrap() as usize, ids1.len() + ids2.len());
+    assert_eq!(
+        lists["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        ids1.len() + ids2.len()
+    );
     let ct = lists["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(ct > 0 && ct <= 24, "{ct}");
 }
@@ -289,7 +370,12 @@ async fn prompt_forms() {
 async fn errors_are_openai_shaped() {
     let s = server();
     let chat = "/v1/chat/completions";
-    let (st, v) = post_raw(&s.base, chat, b"{\"model\": \"smollm2\", \"messages\": [".to_vec()).await;
+    let (st, v) = post_raw(
+        &s.base,
+        chat,
+        b"{\"model\": \"smollm2\", \"messages\": [".to_vec(),
+    )
+    .await;
     assert_error(st, &v, 400, None);
 
     let (st, v) = post(&s.base, chat, &json!({"model": MODEL, "messages": []})).await;
@@ -304,7 +390,12 @@ async fn errors_are_openai_shaped() {
     let (st, v) = post(&s.base, chat, &chat_body("hi", json!({"max_tokens": -5}))).await;
     assert_error(st, &v, 400, Some("max_tokens"));
 
-    let (st, v) = post(&s.base, chat, &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let (st, v) = post(
+        &s.base,
+        chat,
+        &json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_error(st, &v, 404, Some("model"));
     assert_eq!(v["error"]["code"], "model_not_found");
 
@@ -316,7 +407,12 @@ async fn errors_are_openai_shaped() {
     .await;
     assert_error(st, &v, 400, Some("messages[1].role"));
 
-    let (st, v) = post(&s.base, chat, &chat_body("hi", json!({"response_format": {"type": "json_object"}}))).await;
+    let (st, v) = post(
+        &s.base,
+        chat,
+        &chat_body("hi", json!({"response_format": {"type": "json_object"}})),
+    )
+    .await;
     assert_error(st, &v, 400, Some("response_format"));
 
     // Over-long prompt: names the context length and the prompt's token count.
@@ -325,20 +421,37 @@ async fn errors_are_openai_shaped() {
     assert_error(st, &v, 400, Some("messages"));
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains(&CONTEXT.to_string()), "{msg}");
-    let numbers: Vec<usize> = msg.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    let numbers: Vec<usize> = msg
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
     assert!(numbers.iter().any(|&n| n > CONTEXT), "{msg}");
 
     // Prompt fits but prompt + max_tokens does not.
-    let (st, v) =
-        post(&s.base, "/v1/completions", &json!({"model": MODEL, "prompt": "hello", "max_tokens": CONTEXT})).await;
+    let (st, v) = post(
+        &s.base,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "hello", "max_tokens": CONTEXT}),
+    )
+    .await;
     assert_error(st, &v, 400, Some("max_tokens"));
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains(&CONTEXT.to_string()), "{msg}");
 
-    let (st, v) = post(&s.base, "/v1/completions", &json!({"model": MODEL, "prompt": "x", "suffix": "y"})).await;
+    let (st, v) = post(
+        &s.base,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "x", "suffix": "y"}),
+    )
+    .await;
     assert_error(st, &v, 400, Some("suffix"));
 
-    let (st, v) = post(&s.base, "/v1/completions", &json!({"model": MODEL, "prompt": [1, 99999999]})).await;
+    let (st, v) = post(
+        &s.base,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": [1, 99999999]}),
+    )
+    .await;
     assert_error(st, &v, 400, Some("prompt[1]"));
 
     // 413 for an oversized body.
@@ -347,7 +460,9 @@ async fn errors_are_openai_shaped() {
     assert_error(st, &v, 413, None);
 
     // Unknown route.
-    let r = reqwest::get(format!("{}/v1/nothing", s.base)).await.unwrap();
+    let r = reqwest::get(format!("{}/v1/nothing", s.base))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["message"].is_string());
@@ -355,4 +470,68 @@ async fn errors_are_openai_shaped() {
     // And the server still answers.
     let (st, v) = post(&s.base, chat, &chat_body("hi", json!({"max_tokens": 2}))).await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_stream_frees_the_engine() {
+    use futures::StreamExt;
+    let s = server();
+    let body = chat_body(
+        "Write a very long essay about rivers.",
+        json!({"temperature": 0, "max_tokens": 400, "ignore_eos": true, "stream": true}),
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut bytes = resp.bytes_stream();
+    let mut seen = 0;
+    while let Some(chunk) = bytes.next().await {
+        seen += chunk.unwrap().len();
+        if seen > 600 {
+            break;
+        }
+    }
+    drop(bytes);
+    // The cancelled sequence must not hold up the next request.
+    let started = std::time::Instant::now();
+    let (st, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &chat_body("hi", json!({"max_tokens": 3})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn batch_larger_than_the_queue_is_served() {
+    // 100 prompts > max_waiting (64): the later sequences wait for room instead of a 429.
+    // Own server, so that the flood does not give the other tests 429s.
+    let s = start(
+        resolved(
+            MODEL,
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            Source::Gguf,
+            CONTEXT,
+        ),
+        BODY_LIMIT,
+    );
+    let prompts: Vec<String> = (0..100).map(|i| format!("Item number {i} is")).collect();
+    let (st, v) = post(
+        &s.base,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": prompts, "max_tokens": 1, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 100);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+    }
 }

@@ -10,8 +10,9 @@ use govlm_inference::tokenizer::Tokenizer;
 use crate::error::ApiError;
 use crate::json::OpenAiJson;
 use crate::openai::{
-    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatDelta,
-    ChatLogprobs, ChatResponseMessage, ChatTokenLogprob, TopLogprob, Usage,
+    ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest,
+    ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatResponseMessage, ChatTokenLogprob,
+    TopLogprob, Usage,
 };
 use crate::routes::{blocking, collect_all, finish_reason_str, submit_all, ResponseMeta};
 use crate::sse::{self, to_data, ChunkMaker};
@@ -27,7 +28,9 @@ pub fn render_and_encode(
 ) -> Result<Vec<u32>, ApiError> {
     let text = engine.chat_template().render(messages, true, tools)?;
     let tok = engine.tokenizer();
-    let has_bos = tok.bos_token().is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    let has_bos = tok
+        .bos_token()
+        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
     Ok(tok.encode(&text, !has_bos)?)
 }
 
@@ -43,14 +46,23 @@ pub fn token_logprob(tok: &GeneratedToken, tokenizer: &Tokenizer) -> Option<Chat
             .iter()
             .map(|&(id, logprob)| {
                 let token = tokenizer.token_text(id);
-                TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob }
+                TopLogprob {
+                    bytes: token.as_bytes().to_vec(),
+                    token,
+                    logprob,
+                }
             })
             .collect(),
     })
 }
 
 fn logprobs_of(tokens: &[GeneratedToken], tokenizer: &Tokenizer) -> ChatLogprobs {
-    ChatLogprobs { content: tokens.iter().filter_map(|t| token_logprob(t, tokenizer)).collect() }
+    ChatLogprobs {
+        content: tokens
+            .iter()
+            .filter_map(|t| token_logprob(t, tokenizer))
+            .collect(),
+    }
 }
 
 /// The handler.
@@ -62,7 +74,11 @@ pub async fn chat_completions(
     let common = validate::common(&req.sampling, engine.tokenizer().vocab_size())?;
     let messages = validate::chat_messages(&req.messages)?;
     let requested_max = validate::chat_max_tokens(&req)?;
-    let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+    let max_param = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     let top_logprobs = validate::chat_logprobs(&req)?;
     validate::response_format(req.response_format.as_ref())?;
     let tools = req.tools.filter(|t| !t.is_null());
@@ -70,13 +86,22 @@ pub async fn chat_completions(
     let eng = engine.clone();
     let prompt_ids = blocking(move || render_and_encode(&eng, &messages, tools.as_ref())).await?;
     if prompt_ids.is_empty() {
-        return Err(ApiError::invalid("messages", "The rendered conversation is empty."));
+        return Err(ApiError::invalid(
+            "messages",
+            "The rendered conversation is empty.",
+        ));
     }
     let context_length = engine.info().context_length;
-    let max_tokens = validate::fit_context(prompt_ids.len(), requested_max, context_length, "messages", max_param)?;
+    let max_tokens = validate::fit_context(
+        prompt_ids.len(),
+        requested_max,
+        context_length,
+        "messages",
+        max_param,
+    )?;
     let prompt_tokens = prompt_ids.len();
     let reqs = validate::generate_requests(&prompt_ids, max_tokens, &common, top_logprobs, None);
-    let receivers = submit_all(&engine, reqs)?;
+    let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("chatcmpl", engine.model_id());
 
     if common.stream {
@@ -101,7 +126,10 @@ pub async fn chat_completions(
         .map(|(index, o)| ChatChoice {
             index,
             logprobs: top_logprobs.map(|_| logprobs_of(&o.tokens, tokenizer)),
-            message: ChatResponseMessage { role: "assistant", content: o.text },
+            message: ChatResponseMessage {
+                role: "assistant",
+                content: o.text,
+            },
             finish_reason: Some(finish_reason_str(o.finish_reason).to_string()),
         })
         .collect();
@@ -131,7 +159,11 @@ pub struct ChatChunks {
 }
 
 impl ChatChunks {
-    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> Result<String, ApiError> {
+    fn chunk(
+        &self,
+        choices: Vec<ChatChunkChoice>,
+        usage: Option<Usage>,
+    ) -> Result<String, ApiError> {
         to_data(&ChatCompletionChunk {
             id: self.meta.id.clone(),
             object: "chat.completion.chunk",
@@ -139,7 +171,11 @@ impl ChatChunks {
             model: self.meta.model.clone(),
             system_fingerprint: self.meta.system_fingerprint.clone(),
             choices,
-            usage: if self.include_usage { Some(usage) } else { None },
+            usage: if self.include_usage {
+                Some(usage)
+            } else {
+                None
+            },
         })
     }
 }
@@ -151,7 +187,10 @@ impl ChunkMaker for ChatChunks {
                 self.chunk(
                     vec![ChatChunkChoice {
                         index,
-                        delta: ChatDelta { role: Some("assistant"), content: Some(String::new()) },
+                        delta: ChatDelta {
+                            role: Some("assistant"),
+                            content: Some(String::new()),
+                        },
                         logprobs: None,
                         finish_reason: None,
                     }],
@@ -164,20 +203,31 @@ impl ChunkMaker for ChatChunks {
     fn event(&mut self, index: usize, event: Event) -> Result<Vec<String>, ApiError> {
         match event {
             Event::Delta { text, tokens } => {
-                let logprobs = if self.logprobs { Some(logprobs_of(&tokens, &self.tokenizer)) } else { None };
+                let logprobs = if self.logprobs {
+                    Some(logprobs_of(&tokens, &self.tokenizer))
+                } else {
+                    None
+                };
                 let has_logprobs = logprobs.as_ref().is_some_and(|l| !l.content.is_empty());
                 if text.is_empty() && !has_logprobs {
                     return Ok(Vec::new());
                 }
                 let choice = ChatChunkChoice {
                     index,
-                    delta: ChatDelta { role: None, content: Some(text) },
+                    delta: ChatDelta {
+                        role: None,
+                        content: Some(text),
+                    },
                     logprobs,
                     finish_reason: None,
                 };
                 Ok(vec![self.chunk(vec![choice], None)?])
             }
-            Event::Finished { reason, completion_tokens, .. } => {
+            Event::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
                 self.completion_tokens += completion_tokens;
                 let choice = ChatChunkChoice {
                     index,
@@ -196,6 +246,9 @@ impl ChunkMaker for ChatChunks {
         if !self.include_usage {
             return Ok(Vec::new());
         }
-        Ok(vec![self.chunk(Vec::new(), Some(Usage::new(self.prompt_tokens, self.completion_tokens)))?])
+        Ok(vec![self.chunk(
+            Vec::new(),
+            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+        )?])
     }
 }

@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::json::OpenAiJson;
-use crate::openai::{CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage};
+use crate::openai::{
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage,
+};
 use crate::routes::{blocking, collect_all, finish_reason_str, submit_all, ResponseMeta};
 use crate::sse::{self, to_data, ChunkMaker};
 use crate::validate::{self, PromptInput};
@@ -27,7 +29,10 @@ pub struct Prompt {
 }
 
 /// Tokenizes each prompt: strings with BOS (if the model wants one), token ids as given.
-pub fn tokenize_prompts(engine: &EngineHandle, inputs: Vec<PromptInput>) -> Result<Vec<Prompt>, ApiError> {
+pub fn tokenize_prompts(
+    engine: &EngineHandle,
+    inputs: Vec<PromptInput>,
+) -> Result<Vec<Prompt>, ApiError> {
     let tok = engine.tokenizer();
     inputs
         .into_iter()
@@ -35,13 +40,25 @@ pub fn tokenize_prompts(engine: &EngineHandle, inputs: Vec<PromptInput>) -> Resu
             PromptInput::Text(text) => {
                 let ids = tok.encode(&text, true)?;
                 let added_bos = tok.adds_bos()
-                    && ids.first().is_some_and(|&first| Some(first) == tok.bos_token_id())
-                    && !tok.bos_token().is_some_and(|b| !b.is_empty() && text.starts_with(b));
-                Ok(Prompt { ids, text, added_bos })
+                    && ids
+                        .first()
+                        .is_some_and(|&first| Some(first) == tok.bos_token_id())
+                    && !tok
+                        .bos_token()
+                        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+                Ok(Prompt {
+                    ids,
+                    text,
+                    added_bos,
+                })
             }
             PromptInput::Tokens(ids) => {
                 let text = tok.decode(&ids, false)?;
-                Ok(Prompt { ids, text, added_bos: false })
+                Ok(Prompt {
+                    ids,
+                    text,
+                    added_bos: false,
+                })
             }
         })
         .collect()
@@ -50,7 +67,14 @@ pub fn tokenize_prompts(engine: &EngineHandle, inputs: Vec<PromptInput>) -> Resu
 fn top_map(top: &[(u32, f32)], tokenizer: &Tokenizer) -> Map<String, Value> {
     let mut m = Map::new();
     for &(id, lp) in top {
-        m.entry(tokenizer.token_text(id)).or_insert_with(|| Value::from(lp as f64));
+        // Through the f32's shortest decimal form, so the JSON shows e.g. -2.526335, not
+        // -2.5263350009918213.
+        let v = lp
+            .to_string()
+            .parse::<f64>()
+            .map(Value::from)
+            .unwrap_or(Value::Null);
+        m.entry(tokenizer.token_text(id)).or_insert(v);
     }
     m
 }
@@ -74,7 +98,9 @@ impl LegacyLogprobs {
             let lp = if k == 0 { None } else { lps.get(k - 1) };
             self.out.text_offset.push(self.offset.min(limit));
             self.out.token_logprobs.push(lp.map(|l| l.logprob));
-            self.out.top_logprobs.push(lp.map(|l| top_map(&l.top, tokenizer)));
+            self.out
+                .top_logprobs
+                .push(lp.map(|l| top_map(&l.top, tokenizer)));
             if !(k == 0 && prompt.added_bos) {
                 self.offset += token.chars().count();
             }
@@ -87,8 +113,12 @@ impl LegacyLogprobs {
     pub fn push_generated(&mut self, tokens: &[GeneratedToken], tokenizer: &Tokenizer) {
         for t in tokens {
             self.out.text_offset.push(self.offset);
-            self.out.token_logprobs.push(t.logprob.as_ref().map(|l| l.logprob));
-            self.out.top_logprobs.push(t.logprob.as_ref().map(|l| top_map(&l.top, tokenizer)));
+            self.out
+                .token_logprobs
+                .push(t.logprob.as_ref().map(|l| l.logprob));
+            self.out
+                .top_logprobs
+                .push(t.logprob.as_ref().map(|l| top_map(&l.top, tokenizer)));
             self.out.tokens.push(t.text.clone());
             self.offset += t.text.chars().count();
         }
@@ -108,7 +138,11 @@ pub async fn completions(
     if inputs.len() * common.n > validate::MAX_CHOICES {
         return Err(ApiError::invalid(
             "prompt",
-            format!("At most {} prompts times `n` per request; got {}.", validate::MAX_CHOICES, inputs.len() * common.n),
+            format!(
+                "At most {} prompts times `n` per request; got {}.",
+                validate::MAX_CHOICES,
+                inputs.len() * common.n
+            ),
         ));
     }
     let eng = engine.clone();
@@ -117,22 +151,42 @@ pub async fn completions(
     let context_length = engine.info().context_length;
     let mut reqs = Vec::with_capacity(prompts.len() * common.n);
     for (i, p) in prompts.iter().enumerate() {
-        let param = if prompts.len() == 1 { "prompt".to_string() } else { format!("prompt[{i}]") };
+        let param = if prompts.len() == 1 {
+            "prompt".to_string()
+        } else {
+            format!("prompt[{i}]")
+        };
         if p.ids.is_empty() {
             return Err(ApiError::invalid(param, "The prompt is empty (no tokens)."));
         }
-        let max_tokens = validate::fit_context(p.ids.len(), Some(opts.max_tokens), context_length, &param, "max_tokens")?;
+        let max_tokens = validate::fit_context(
+            p.ids.len(),
+            Some(opts.max_tokens),
+            context_length,
+            &param,
+            "max_tokens",
+        )?;
         let prompt_logprobs = if opts.echo { opts.logprobs } else { None };
-        reqs.extend(validate::generate_requests(&p.ids, max_tokens, &common, opts.logprobs, prompt_logprobs));
+        reqs.extend(validate::generate_requests(
+            &p.ids,
+            max_tokens,
+            &common,
+            opts.logprobs,
+            prompt_logprobs,
+        ));
     }
-    let receivers = submit_all(&engine, reqs)?;
+    let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("cmpl", engine.model_id());
     let prompt_tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
 
     if common.stream {
         let n = common.n;
         let choices = (0..receivers.len())
-            .map(|i| StreamChoice { prompt: i / n, echo_pending: opts.echo, logprobs: LegacyLogprobs::default() })
+            .map(|i| StreamChoice {
+                prompt: i / n,
+                echo_pending: opts.echo,
+                logprobs: LegacyLogprobs::default(),
+            })
             .collect();
         let maker = CompletionChunks {
             meta,
@@ -160,7 +214,11 @@ pub async fn completions(
             if opts.echo {
                 text.push_str(&prompt.text);
                 if opts.logprobs.is_some() {
-                    lp.push_prompt(prompt, o.prompt_logprobs.as_deref().unwrap_or(&[]), tokenizer);
+                    lp.push_prompt(
+                        prompt,
+                        o.prompt_logprobs.as_deref().unwrap_or(&[]),
+                        tokenizer,
+                    );
                 } else {
                     lp.offset = prompt.text.chars().count();
                 }
@@ -209,7 +267,11 @@ pub struct CompletionChunks {
 }
 
 impl CompletionChunks {
-    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Result<String, ApiError> {
+    fn chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Usage>,
+    ) -> Result<String, ApiError> {
         to_data(&CompletionResponse {
             id: self.meta.id.clone(),
             object: "text_completion",
@@ -217,23 +279,52 @@ impl CompletionChunks {
             model: self.meta.model.clone(),
             system_fingerprint: self.meta.system_fingerprint.clone(),
             choices,
-            usage: if self.include_usage { Some(usage) } else { None },
+            usage: if self.include_usage {
+                Some(usage)
+            } else {
+                None
+            },
         })
     }
 
-    fn one(&self, index: usize, text: String, logprobs: Option<CompletionLogprobs>, finish: Option<String>) -> Result<String, ApiError> {
-        self.chunk(vec![CompletionChoice { index, text, logprobs, finish_reason: finish }], None)
+    fn one(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish: Option<String>,
+    ) -> Result<String, ApiError> {
+        self.chunk(
+            vec![CompletionChoice {
+                index,
+                text,
+                logprobs,
+                finish_reason: finish,
+            }],
+            None,
+        )
     }
 
     /// The echo chunk of choice `index` (with prompt logprobs when given), if still pending.
-    fn echo(&mut self, index: usize, prompt_lps: Option<&[TokenLogprob]>) -> Result<Vec<String>, ApiError> {
-        let Some(c) = self.choices.get_mut(index) else { return Ok(Vec::new()) };
+    fn echo(
+        &mut self,
+        index: usize,
+        prompt_lps: Option<&[TokenLogprob]>,
+    ) -> Result<Vec<String>, ApiError> {
+        let Some(c) = self.choices.get_mut(index) else {
+            return Ok(Vec::new());
+        };
         if !c.echo_pending {
             return Ok(Vec::new());
         }
         c.echo_pending = false;
-        let Some(prompt) = self.prompts.get(c.prompt) else { return Ok(Vec::new()) };
-        let mut lp = LegacyLogprobs { out: CompletionLogprobs::default(), offset: c.logprobs.offset };
+        let Some(prompt) = self.prompts.get(c.prompt) else {
+            return Ok(Vec::new());
+        };
+        let mut lp = LegacyLogprobs {
+            out: CompletionLogprobs::default(),
+            offset: c.logprobs.offset,
+        };
         if self.logprobs {
             lp.push_prompt(prompt, prompt_lps.unwrap_or(&[]), &self.tokenizer);
         } else {
@@ -265,8 +356,13 @@ impl ChunkMaker for CompletionChunks {
             Event::Delta { text, tokens } => {
                 let mut out = self.echo(index, None)?;
                 let logprobs = if self.logprobs {
-                    let Some(c) = self.choices.get_mut(index) else { return Ok(out) };
-                    let mut lp = LegacyLogprobs { out: CompletionLogprobs::default(), offset: c.logprobs.offset };
+                    let Some(c) = self.choices.get_mut(index) else {
+                        return Ok(out);
+                    };
+                    let mut lp = LegacyLogprobs {
+                        out: CompletionLogprobs::default(),
+                        offset: c.logprobs.offset,
+                    };
                     lp.push_generated(&tokens, &self.tokenizer);
                     c.logprobs.offset = lp.offset;
                     Some(lp.out)
@@ -279,11 +375,20 @@ impl ChunkMaker for CompletionChunks {
                 out.push(self.one(index, text, logprobs, None)?);
                 Ok(out)
             }
-            Event::Finished { reason, completion_tokens, .. } => {
+            Event::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
                 let mut out = self.echo(index, None)?;
                 self.completion_tokens += completion_tokens;
                 let logprobs = self.logprobs.then(CompletionLogprobs::default);
-                out.push(self.one(index, String::new(), logprobs, Some(finish_reason_str(reason).to_string()))?);
+                out.push(self.one(
+                    index,
+                    String::new(),
+                    logprobs,
+                    Some(finish_reason_str(reason).to_string()),
+                )?);
                 Ok(out)
             }
             Event::Error(msg) => Err(ApiError::internal(format!("generation failed: {msg}"))),
@@ -294,6 +399,9 @@ impl ChunkMaker for CompletionChunks {
         if !self.include_usage {
             return Ok(Vec::new());
         }
-        Ok(vec![self.chunk(Vec::new(), Some(Usage::new(self.prompt_tokens, self.completion_tokens)))?])
+        Ok(vec![self.chunk(
+            Vec::new(),
+            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+        )?])
     }
 }

@@ -23,10 +23,20 @@ fn model_object(e: &EngineHandle) -> ModelObject {
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     let mut data: Vec<ModelObject> = state.models.values().map(model_object).collect();
     data.sort_by(|a, b| a.id.cmp(&b.id));
-    Json(ModelList { object: "list", data })
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 /// One model; 404 `model_not_found` for an unknown id.
-pub async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelObject>, ApiError> {
-    state.models.get(&id).map(|e| Json(model_object(e))).ok_or_else(|| ApiError::model_not_found(&id))
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    state
+        .models
+        .get(&id)
+        .map(|e| Json(model_object(e)))
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }

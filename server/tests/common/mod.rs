@@ -12,13 +12,25 @@ use serde_json::Value;
 
 /// A model file under models/; panics if it is missing.
 pub fn model_path(file: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("models").join(file);
-    assert!(p.is_file(), "model file {} is missing: run `make models` first", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+        .join(file);
+    assert!(
+        p.is_file(),
+        "model file {} is missing: run `make models` first",
+        p.display()
+    );
     p
 }
 
 /// A ResolvedModel for a GGUF under models/.
-pub fn resolved(id: &str, file: &str, chat_template: Source, context_length: usize) -> ResolvedModel {
+pub fn resolved(
+    id: &str,
+    file: &str,
+    chat_template: Source,
+    context_length: usize,
+) -> ResolvedModel {
     ResolvedModel {
         id: id.to_string(),
         gguf: model_path(file),
@@ -44,23 +56,39 @@ pub fn start(model: ResolvedModel, max_body_bytes: usize) -> TestServer {
     state.max_body_bytes = max_body_bytes;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send addr");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send addr");
             axum::serve(listener, router(state)).await.expect("serve");
         });
     });
     let addr = rx.recv().expect("server started");
-    TestServer { base: format!("http://{addr}"), engine }
+    TestServer {
+        base: format!("http://{addr}"),
+        engine,
+    }
 }
 
 /// POSTs JSON; returns status and parsed body.
 pub async fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new().post(format!("{base}{path}")).json(body).send().await.expect("request");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"));
+    let v =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"));
     (status, v)
 }
 
@@ -75,15 +103,26 @@ pub async fn post_raw(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
         .expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.expect("body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"));
+    let v =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body ({status}): {text}"));
     (status, v)
 }
 
 /// POSTs a streaming request; returns the `data:` payloads in order (including `[DONE]`).
 pub async fn post_stream(base: &str, path: &str, body: &Value) -> Vec<String> {
-    let resp = reqwest::Client::new().post(format!("{base}{path}")).json(body).send().await.expect("request");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 200);
-    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
     let text = resp.text().await.expect("body");
     let mut out = Vec::new();
@@ -103,9 +142,15 @@ pub async fn post_stream(base: &str, path: &str, body: &Value) -> Vec<String> {
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>) {
     assert_eq!(status, want_status, "{body}");
     let err = &body["error"];
-    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(err["type"].is_string(), "{body}");
-    assert!(err.get("param").is_some() && err.get("code").is_some(), "{body}");
+    assert!(
+        err.get("param").is_some() && err.get("code").is_some(),
+        "{body}"
+    );
     match want_param {
         Some(p) => assert_eq!(err["param"], p, "{body}"),
         None => assert!(err["param"].is_null(), "{body}"),
