@@ -183,3 +183,32 @@ pub fn concat_rows(parts: &[&QTensor]) -> Result<QTensor, ModelError> {
     let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
     Ok(QTensor::new(storage, (n_total, k))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    /// The Q8_0 rewrite (plus offsets) reproduces every stored weight exactly.
+    #[test]
+    fn q8_0_parts_are_exact() {
+        let w = Tensor::randn(0f32, 0.1, (8, 64), &Device::Cpu).expect("randn");
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let want: Vec<f32> = q.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("deq");
+            let parts = to_q8_0_parts(&q).expect("convert");
+            for r in 0..8 {
+                for b in 0..2 {
+                    let blk = &parts.blocks[(r * 2 + b) * 34..(r * 2 + b + 1) * 34];
+                    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                    let off = parts.offsets.as_ref().map_or(0.0, |o| o[r * 2 + b]);
+                    for j in 0..32 {
+                        let got = d * (blk[2 + j] as i8) as f32 + off;
+                        let exp = want[r * 64 + b * 32 + j];
+                        assert!((got - exp).abs() <= 1e-6 * exp.abs().max(1e-3), "{dtype:?} [{r}, {}]: {got} vs {exp}", b * 32 + j);
+                    }
+                }
+            }
+        }
+    }
+}

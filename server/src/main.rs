@@ -13,11 +13,46 @@ struct Cli {
     command: Command,
 }
 
-/// Subcommands (more are added here: `models install`, `bench`).
+/// Subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the OpenAI API for the models of a models.toml.
     Serve(ServeArgs),
+    /// Measure single-sequence prefill and decode tokens/s of a GGUF model, like
+    /// `llama-bench -p 64,512 -n 64` (thread count: RAYON_NUM_THREADS, default all cores).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// GGUF model file.
+    model: PathBuf,
+    /// Prompt lengths of the prefill tests, in tokens (comma-separated).
+    #[arg(short = 'p', long = "prompt-tokens", value_delimiter = ',', default_values_t = [64usize, 512])]
+    prompt_tokens: Vec<usize>,
+    /// Tokens generated in the decode test.
+    #[arg(short = 'n', long = "gen-tokens", default_value_t = 64)]
+    gen_tokens: usize,
+    /// Timed repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use govlm_inference::model::Model;
+    let mut file = std::fs::File::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .with_context(|| format!("{} is not a GGUF file", a.model.display()))?;
+    let model = Model::load(&content, &mut file, &govlm_inference::Device::Cpu)?;
+    println!("model: {} ({:?})", a.model.display(), model.config().architecture);
+    for &p in &a.prompt_tokens {
+        print!("{}", govlm_inference::bench::run_bench(&model, p, 0, a.repetitions)?);
+    }
+    if a.gen_tokens > 0 {
+        print!("{}", govlm_inference::bench::run_bench(&model, 0, a.gen_tokens, a.repetitions)?);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Bench(a) => bench(a),
         Command::Serve(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

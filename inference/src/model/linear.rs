@@ -4,7 +4,7 @@
 //! AVX512-VNNI) run on candle's `QMatMul`. Projections sharing an input (Q/K/V, gate/up) are
 //! fused into one matrix.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Storage, Tensor};
 
 use super::kernels::{axpy, par_rows, SharedMut};
@@ -140,5 +140,30 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, 
     Ok(f(&data[start..start + layout.shape().elem_count()]))
 }
 
-#[allow(dead_code)]
-fn _unused(_: QStorage, _: GgmlDType) {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    /// Packed/candle linear layers against an f32 matmul of the dequantized weights, for an
+    /// output width that is not a multiple of the 16-row tile and several activation rows.
+    #[test]
+    fn linear_matches_dequantized_matmul() {
+        let (n, k, m) = (37, 96, 5);
+        let w = Tensor::randn(0f32, 0.1, (n, k), &Device::Cpu).expect("randn");
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).expect("randn");
+        let xs: Vec<f32> = x.flatten_all().and_then(|t| t.to_vec1()).expect("x");
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let wd = q.dequantize(&Device::Cpu).expect("deq");
+            let want: Vec<f32> = x.matmul(&wd.t().expect("t")).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("mm");
+            let lin = Linear::single(q).expect("linear");
+            let got = lin.forward(xs.clone()).expect("forward");
+            let scale = want.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                // Activations are quantized to 8 bits per 32 values: ~1% of the output range.
+                assert!((a - b).abs() <= 0.02 * scale, "{dtype:?} element {i}: {a} vs {b}");
+            }
+        }
+    }
+}
