@@ -35,6 +35,14 @@ pub(crate) struct SharedMut(pub *mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    #[inline]
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// RMSNorm of each `k`-wide row of `x` ([t, k]) times `w` ([k]) into a new `[t, out_k]` buffer
 /// (`out_k >= k`; columns `k..out_k` are zero padding for aligned matmul inputs).
 pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, k: usize, out_k: usize) -> Vec<f32> {
@@ -133,12 +141,11 @@ pub(crate) fn gated_act(gu: &[f32], ff: usize, out_k: usize, act: Activation) ->
     let mut out = vec![0f32; t * out_k];
     let ptr = SharedMut(out.as_mut_ptr());
     par_rows(t, ff * 20, |range| {
-        let ptr = ptr;
         for r in range {
             let g = &gu[r * 2 * ff..r * 2 * ff + ff];
             let u = &gu[r * 2 * ff + ff..(r + 1) * 2 * ff];
             // SAFETY: each row is written by exactly one worker.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(r * out_k), ff) };
+            let o = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * out_k), ff) };
             match act {
                 Activation::Silu => {
                     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
@@ -373,7 +380,6 @@ pub(crate) fn attention(
     let ptr = SharedMut(out.as_mut_ptr());
     let avg_keys = max_keys.max(1);
     let run = |range: std::ops::Range<usize>| {
-        let ptr = ptr;
         let mut scores = vec![0f32; max_keys.max(1)];
         for &(si, ih) in &items[range] {
             let s = &seqs[si as usize];
@@ -387,7 +393,7 @@ pub(crate) fn attention(
             let qv = &q[qr * q_stride + h * head_dim..qr * q_stride + (h + 1) * head_dim];
             // SAFETY: every (row, head) output slice is written by exactly one work item.
             let o = unsafe {
-                std::slice::from_raw_parts_mut(ptr.0.add(qr * out_k + h * head_dim), head_dim)
+                std::slice::from_raw_parts_mut(ptr.get().add(qr * out_k + h * head_dim), head_dim)
             };
             let head_off = (h / group) * head_dim;
             #[cfg(target_arch = "x86_64")]
@@ -410,6 +416,7 @@ pub(crate) fn attention(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn naive(q: &[f32], k: &[f32], v: &[f32], row: usize, off: usize, j0: usize, j1: usize, scale: f32) -> Vec<f32> {
         let d = q.len();
         let s: Vec<f32> = (j0..=j1)

@@ -105,10 +105,9 @@ impl Linear {
                     let (k, n, kb) = (self.k, self.n, self.k / 32);
                     let py = SharedMut(y.as_mut_ptr());
                     par_rows(t, kb * n * 2, |range| {
-                        let py = py;
                         for r in range {
                             // SAFETY: each row is written by one worker only.
-                            let yr = unsafe { std::slice::from_raw_parts_mut(py.0.add(r * n), n) };
+                            let yr = unsafe { std::slice::from_raw_parts_mut(py.get().add(r * n), n) };
                             for b in 0..kb {
                                 let s: f32 = x[r * k + b * 32..r * k + b * 32 + 32].iter().sum();
                                 axpy(yr, s, &off[b * n..(b + 1) * n]);

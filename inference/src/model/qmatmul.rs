@@ -84,15 +84,14 @@ impl PackedQ8 {
             let (pq, pd, ps) = (SharedMut(aq.as_mut_ptr() as *mut f32), SharedMut(ad.as_mut_ptr()), SharedMut(asum.as_mut_ptr()));
             let k = self.k;
             par_rows(m, k * 8, |range| {
-                let (pq, pd, ps) = (pq, pd, ps);
                 for r in range {
                     let xr = &x[r * x_stride..r * x_stride + k];
                     // SAFETY: each row's output ranges are written by one worker only.
                     let (q, d, s) = unsafe {
                         (
-                            std::slice::from_raw_parts_mut((pq.0 as *mut i8).add(r * k), k),
-                            std::slice::from_raw_parts_mut(pd.0.add(r * kb), kb),
-                            std::slice::from_raw_parts_mut(ps.0.add(r * kb), kb),
+                            std::slice::from_raw_parts_mut((pq.get() as *mut i8).add(r * k), k),
+                            std::slice::from_raw_parts_mut(pd.get().add(r * kb), kb),
+                            std::slice::from_raw_parts_mut(ps.get().add(r * kb), kb),
                         )
                     };
                     for b in 0..kb {
@@ -118,7 +117,6 @@ impl PackedQ8 {
         let po = SharedMut(out.as_mut_ptr());
         let (aq, ad, asum) = (&aq, &ad, &asum);
         let run = |range: std::ops::Range<usize>| {
-            let po = po;
             for u in range {
                 let (t, g) = (u / m_groups, u % m_groups);
                 let m0 = g * MAX_MT;
@@ -134,7 +132,7 @@ impl PackedQ8 {
                     let cols = TILE.min(n - c0);
                     // SAFETY: each (row, tile) block is written by exactly one unit.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(row.as_ptr(), po.0.add((m0 + i) * n + c0), cols)
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), po.get().add((m0 + i) * n + c0), cols)
                     };
                 }
             }
@@ -150,7 +148,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     /// One 16-column tile for `mt <= 4` activation rows starting at `m0`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile(
         w: &PackedQ8,
@@ -197,8 +195,8 @@ mod vnni {
                 acc[i] = _mm512_fmadd_ps(f, _mm512_mul_ps(scale, _mm512_set1_ps(ad[r * kb + b])), acc[i]);
             }
         }
-        for i in 0..mt {
-            _mm512_storeu_ps(res[i].as_mut_ptr(), acc[i]);
+        for (r, a) in res.iter_mut().zip(&acc).take(mt) {
+            _mm512_storeu_ps(r.as_mut_ptr(), *a);
         }
     }
 }
