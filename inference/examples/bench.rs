@@ -6,12 +6,19 @@ use govlm_inference::model::Model;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = args.first().ok_or_else(|| anyhow::anyhow!("usage: bench MODEL.gguf [-p 64,512] [-n 64] [-r 3]"))?;
+    let path = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("usage: bench MODEL.gguf [-p 64,512] [-n 64] [-r 3]"))?;
     let (mut pp, mut n, mut r) = (vec![64usize, 512], 64usize, 3usize);
     let mut i = 1;
     while i + 1 < args.len() {
         match args[i].as_str() {
-            "-p" => pp = args[i + 1].split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+            "-p" => {
+                pp = args[i + 1]
+                    .split(',')
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()?
+            }
             "-n" => n = args[i + 1].parse()?,
             "-r" => r = args[i + 1].parse()?,
             a => anyhow::bail!("unknown argument {a}"),

@@ -32,14 +32,22 @@ impl fmt::Display for BenchReport {
             writeln!(
                 f,
                 "pp{:<5} {:>9.2} ± {:>6.2} tokens/s  ({} threads, {} reps)",
-                self.prompt_tokens, self.prefill_tokens_per_s, self.prefill_stddev, self.threads, self.repetitions
+                self.prompt_tokens,
+                self.prefill_tokens_per_s,
+                self.prefill_stddev,
+                self.threads,
+                self.repetitions
             )?;
         }
         if self.gen_tokens > 0 {
             writeln!(
                 f,
                 "tg{:<5} {:>9.2} ± {:>6.2} tokens/s  ({} threads, {} reps)",
-                self.gen_tokens, self.decode_tokens_per_s, self.decode_stddev, self.threads, self.repetitions
+                self.gen_tokens,
+                self.decode_tokens_per_s,
+                self.decode_stddev,
+                self.threads,
+                self.repetitions
             )?;
         }
         Ok(())
@@ -78,7 +86,11 @@ pub fn run_bench(
         if prompt_tokens > 0 {
             let mut cache = model.new_kv_cache(prompt_tokens)?;
             let t = Instant::now();
-            model.forward(&mut [SeqBatch { tokens: &prompt, cache: &mut cache, logits: LogitRows::Last }])?;
+            model.forward(&mut [SeqBatch {
+                tokens: &prompt,
+                cache: &mut cache,
+                logits: LogitRows::Last,
+            }])?;
             let dt = t.elapsed().as_secs_f64();
             if rep > 0 {
                 pp.push(prompt_tokens as f64 / dt);
@@ -86,11 +98,19 @@ pub fn run_bench(
         }
         if gen_tokens > 0 {
             let mut cache = model.new_kv_cache(gen_tokens + 1)?;
-            model.forward(&mut [SeqBatch { tokens: &[token(0)], cache: &mut cache, logits: LogitRows::Last }])?;
+            model.forward(&mut [SeqBatch {
+                tokens: &[token(0)],
+                cache: &mut cache,
+                logits: LogitRows::Last,
+            }])?;
             let t = Instant::now();
             for i in 0..gen_tokens {
                 let tok = [token(i + 1)];
-                model.forward(&mut [SeqBatch { tokens: &tok, cache: &mut cache, logits: LogitRows::Last }])?;
+                model.forward(&mut [SeqBatch {
+                    tokens: &tok,
+                    cache: &mut cache,
+                    logits: LogitRows::Last,
+                }])?;
             }
             let dt = t.elapsed().as_secs_f64();
             if rep > 0 {

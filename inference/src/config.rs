@@ -27,11 +27,18 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: model `{model}`: {message}")]
-    Invalid { path: PathBuf, model: String, message: String },
+    Invalid {
+        path: PathBuf,
+        model: String,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Global { path: PathBuf, message: String },
 }
@@ -126,7 +133,10 @@ impl ServeConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let global = |message: String| ConfigError::Global { path: path.to_path_buf(), message };
+        let global = |message: String| ConfigError::Global {
+            path: path.to_path_buf(),
+            message,
+        };
         if cfg.models.is_empty() {
             return Err(global("no [[models]] entries".into()));
         }
@@ -138,7 +148,9 @@ impl ServeConfig {
         }
         if let Some(d) = &cfg.default_model {
             if !seen.contains(d.as_str()) {
-                return Err(global(format!("default_model `{d}` is not among [[models]] ids")));
+                return Err(global(format!(
+                    "default_model `{d}` is not among [[models]] ids"
+                )));
             }
         }
         Ok(cfg)
@@ -148,7 +160,10 @@ impl ServeConfig {
     /// `models.toml`). Models fetched through `hf_repo` are looked up in the Hugging Face cache.
     pub fn resolve(&self, config_path: &Path) -> Result<Vec<ResolvedModel>, ConfigError> {
         let base_dir = config_path.parent().unwrap_or(Path::new("."));
-        self.models.iter().map(|m| m.resolve(base_dir, config_path)).collect()
+        self.models
+            .iter()
+            .map(|m| m.resolve(base_dir, config_path))
+            .collect()
     }
 }
 
@@ -179,13 +194,18 @@ impl ModelSpec {
             (None, Some(_), None) => return Err(invalid("`hf_repo` needs `hf_file`".into())),
             (None, None, Some(_)) => return Err(invalid("`hf_file` needs `hf_repo`".into())),
             (None, None, None) => {
-                return Err(invalid("set `gguf` (a path) or `hf_repo` + `hf_file`".into()))
+                return Err(invalid(
+                    "set `gguf` (a path) or `hf_repo` + `hf_file`".into(),
+                ))
             }
             (Some(_), _, _) => {
-                return Err(invalid("set either `gguf` or `hf_repo` + `hf_file`, not both".into()))
+                return Err(invalid(
+                    "set either `gguf` or `hf_repo` + `hf_file`, not both".into(),
+                ))
             }
         };
-        let tokenizer = parse_source("tokenizer", &self.tokenizer, base_dir, false).map_err(invalid)?;
+        let tokenizer =
+            parse_source("tokenizer", &self.tokenizer, base_dir, false).map_err(invalid)?;
         let chat_template =
             parse_source("chat_template", &self.chat_template, base_dir, true).map_err(invalid)?;
         let device = parse_device(&self.device).map_err(invalid)?;
@@ -207,7 +227,12 @@ impl ModelSpec {
     }
 }
 
-fn parse_source(key: &str, value: &str, base_dir: &Path, allow_gemma: bool) -> Result<Source, String> {
+fn parse_source(
+    key: &str,
+    value: &str,
+    base_dir: &Path,
+    allow_gemma: bool,
+) -> Result<Source, String> {
     match value {
         "gguf" => Ok(Source::Gguf),
         "gemma" if allow_gemma => Ok(Source::Gemma),
@@ -269,7 +294,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse("[[models]]\nid = \"a\"\ngguf = \"x.gguf\"\ncontext_lenght = 5\n").unwrap_err();
+        let err =
+            parse("[[models]]\nid = \"a\"\ngguf = \"x.gguf\"\ncontext_lenght = 5\n").unwrap_err();
         assert!(err.to_string().contains("context_lenght"), "{err}");
     }
 
@@ -283,14 +309,16 @@ mod tests {
 
     #[test]
     fn default_model_must_exist() {
-        let err = parse("default_model = \"b\"\n[[models]]\nid = \"a\"\ngguf = \"x\"\n").unwrap_err();
+        let err =
+            parse("default_model = \"b\"\n[[models]]\nid = \"a\"\ngguf = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("default_model `b`"), "{err}");
     }
 
     #[test]
     fn duplicate_ids_rejected() {
-        let err = parse("[[models]]\nid = \"a\"\ngguf = \"x\"\n[[models]]\nid = \"a\"\ngguf = \"y\"\n")
-            .unwrap_err();
+        let err =
+            parse("[[models]]\nid = \"a\"\ngguf = \"x\"\n[[models]]\nid = \"a\"\ngguf = \"y\"\n")
+                .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
     }
 
@@ -306,6 +334,9 @@ mod tests {
         std::env::set_var("HF_HUB_OFFLINE", "1");
         std::env::set_var("HF_HOME", "/nonexistent-hf-home");
         let err = resolve_hf("org/repo", "m.gguf", None).unwrap_err();
-        assert!(err.contains("HF_HUB_OFFLINE") && err.contains("m.gguf"), "{err}");
+        assert!(
+            err.contains("HF_HUB_OFFLINE") && err.contains("m.gguf"),
+            "{err}"
+        );
     }
 }

@@ -30,9 +30,17 @@ const PREFILL_CHUNK_TOKENS: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("model `{id}`: cannot open {path}: {source}")]
-    Open { id: String, path: String, source: std::io::Error },
+    Open {
+        id: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("model `{id}`: {path} is not a readable GGUF file: {source}")]
-    Gguf { id: String, path: String, source: candle_core::Error },
+    Gguf {
+        id: String,
+        path: String,
+        source: candle_core::Error,
+    },
     #[error("model `{id}`: {source}")]
     Model { id: String, source: ModelError },
     #[error("model `{id}`: tokenizer: {source}")]
@@ -42,7 +50,11 @@ pub enum EngineError {
     #[error("model `{id}`: device: {message}")]
     Device { id: String, message: String },
     #[error("model `{id}`: context_length {requested} exceeds the model's trained context of {trained} tokens")]
-    ContextLength { id: String, requested: usize, trained: usize },
+    ContextLength {
+        id: String,
+        requested: usize,
+        trained: usize,
+    },
     #[error("model `{id}`: cannot start the engine thread: {source}")]
     Thread { id: String, source: std::io::Error },
 }
@@ -119,15 +131,25 @@ pub enum Event {
     PromptLogprobs(Vec<TokenLogprob>),
     /// New text (stop-string filtered, never a partial UTF-8 character; may be empty) and the
     /// tokens generated since the previous event.
-    Delta { text: String, tokens: Vec<GeneratedToken> },
+    Delta {
+        text: String,
+        tokens: Vec<GeneratedToken>,
+    },
     /// Generation ended; counts are in tokens.
-    Finished { reason: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     /// The engine failed on this request; no more events follow.
     Error(String),
 }
 
 enum Command {
-    Generate { req: GenerateRequest, events: UnboundedSender<Event> },
+    Generate {
+        req: GenerateRequest,
+        events: UnboundedSender<Event>,
+    },
 }
 
 /// A cheap-to-clone handle to one model's engine thread.
@@ -146,7 +168,9 @@ struct Shared {
 
 impl std::fmt::Debug for EngineHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineHandle").field("model", &self.shared.info.id).finish()
+        f.debug_struct("EngineHandle")
+            .field("model", &self.shared.info.id)
+            .finish()
     }
 }
 
@@ -156,12 +180,21 @@ impl EngineHandle {
     pub fn spawn(spec: &ResolvedModel) -> Result<Self, EngineError> {
         let id = spec.id.clone();
         let path = spec.gguf.display().to_string();
-        let device = make_device(spec.device).map_err(|message| EngineError::Device { id: id.clone(), message })?;
-        let mut file = std::fs::File::open(&spec.gguf)
-            .map_err(|source| EngineError::Open { id: id.clone(), path: path.clone(), source })?;
+        let device = make_device(spec.device).map_err(|message| EngineError::Device {
+            id: id.clone(),
+            message,
+        })?;
+        let mut file = std::fs::File::open(&spec.gguf).map_err(|source| EngineError::Open {
+            id: id.clone(),
+            path: path.clone(),
+            source,
+        })?;
         let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|source| EngineError::Gguf { id: id.clone(), path: path.clone(), source })?;
+        let content = gguf_file::Content::read(&mut file).map_err(|source| EngineError::Gguf {
+            id: id.clone(),
+            path: path.clone(),
+            source,
+        })?;
         let architecture = content
             .metadata
             .get("general.architecture")
@@ -172,16 +205,31 @@ impl EngineHandle {
             Source::File(p) => Tokenizer::from_tokenizer_json(p, &content.metadata),
             _ => Tokenizer::from_gguf(&content.metadata),
         }
-        .map_err(|source| EngineError::Tokenizer { id: id.clone(), source })?;
-        let chat_template = load_chat_template(&spec.chat_template, &content, &tokenizer)
-            .map_err(|message| EngineError::ChatTemplate { id: id.clone(), message })?;
-        let model = Model::load(&content, &mut file, &device)
-            .map_err(|source| EngineError::Model { id: id.clone(), source })?;
+        .map_err(|source| EngineError::Tokenizer {
+            id: id.clone(),
+            source,
+        })?;
+        let chat_template =
+            load_chat_template(&spec.chat_template, &content, &tokenizer).map_err(|message| {
+                EngineError::ChatTemplate {
+                    id: id.clone(),
+                    message,
+                }
+            })?;
+        let model =
+            Model::load(&content, &mut file, &device).map_err(|source| EngineError::Model {
+                id: id.clone(),
+                source,
+            })?;
         drop(content);
         let trained = model.config().context_length;
         let context_length = match spec.context_length {
             Some(n) if n > trained => {
-                return Err(EngineError::ContextLength { id, requested: n, trained })
+                return Err(EngineError::ContextLength {
+                    id,
+                    requested: n,
+                    trained,
+                })
             }
             Some(n) => n,
             None => trained,
@@ -189,7 +237,10 @@ impl EngineHandle {
         let info = ModelInfo {
             id: id.clone(),
             context_length,
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             owned_by: "govlm".to_string(),
             architecture,
             file_size,
@@ -205,9 +256,18 @@ impl EngineHandle {
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
             .spawn(move || worker.run())
-            .map_err(|source| EngineError::Thread { id: id.clone(), source })?;
+            .map_err(|source| EngineError::Thread {
+                id: id.clone(),
+                source,
+            })?;
         Ok(Self {
-            shared: Arc::new(Shared { info, tokenizer, chat_template, capacity: spec.max_waiting, commands: tx }),
+            shared: Arc::new(Shared {
+                info,
+                tokenizer,
+                chat_template,
+                capacity: spec.max_waiting,
+                commands: tx,
+            }),
         })
     }
 
@@ -235,15 +295,19 @@ impl EngineHandle {
     /// [`SubmitError::EngineStopped`] when the engine thread is gone.
     pub fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
         let (events, rx) = unbounded_channel();
-        match self.shared.commands.try_send(Command::Generate { req, events }) {
+        match self
+            .shared
+            .commands
+            .try_send(Command::Generate { req, events })
+        {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull {
                 model: self.shared.info.id.clone(),
                 capacity: self.shared.capacity,
             }),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(SubmitError::EngineStopped { model: self.shared.info.id.clone() })
-            }
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::EngineStopped {
+                model: self.shared.info.id.clone(),
+            }),
         }
     }
 }
@@ -271,9 +335,11 @@ fn load_chat_template(
         Source::Gguf => match content.metadata.get("tokenizer.chat_template") {
             Some(v) => v.to_string().map_err(|e| e.to_string())?.clone(),
             None => {
-                return Err("the GGUF file has no `tokenizer.chat_template`; set `chat_template` \
+                return Err(
+                    "the GGUF file has no `tokenizer.chat_template`; set `chat_template` \
                             in models.toml to \"gemma\" or to a template file"
-                    .to_string())
+                        .to_string(),
+                )
             }
         },
     };
@@ -282,7 +348,8 @@ fn load_chat_template(
 }
 
 fn read_template_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // A tokenizer_config.json carries the template as a JSON string field.
     if path.extension().is_some_and(|e| e == "json") {
         let v: serde_json::Value =
@@ -339,7 +406,9 @@ impl Worker {
             if let Some(message) = failure {
                 tracing::error!(error = %message, "engine step failed; failing its sequences");
                 for seq in self.running.drain(..) {
-                    let _ = seq.events.send(Event::Error(format!("inference failed: {message}")));
+                    let _ = seq
+                        .events
+                        .send(Event::Error(format!("inference failed: {message}")));
                 }
             }
         }
@@ -380,7 +449,9 @@ impl Worker {
         }
         let vocab = self.model.config().vocab_size as u32;
         if let Some(bad) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
-            return fail(format!("token id {bad} is outside the vocabulary of {vocab} tokens"));
+            return fail(format!(
+                "token id {bad} is outside the vocabulary of {vocab} tokens"
+            ));
         }
         let cache = match self.model.new_kv_cache(prompt_len + req.max_tokens.max(1)) {
             Ok(c) => c,
@@ -429,10 +500,18 @@ impl Worker {
                     LogitRows::None => 0,
                 };
                 plan.push((i, range.clone(), rows));
-                batch.push(SeqBatch { tokens: &seq.req.prompt_ids[range], cache: &mut seq.cache, logits });
+                batch.push(SeqBatch {
+                    tokens: &seq.req.prompt_ids[range],
+                    cache: &mut seq.cache,
+                    logits,
+                });
             } else {
                 plan.push((i, 0..0, 1));
-                batch.push(SeqBatch { tokens: &decode_inputs[i], cache: &mut seq.cache, logits: LogitRows::Last });
+                batch.push(SeqBatch {
+                    tokens: &decode_inputs[i],
+                    cache: &mut seq.cache,
+                    logits: LogitRows::Last,
+                });
             }
         }
         let logits = self.model.forward(&mut batch)?;
@@ -491,26 +570,41 @@ impl Worker {
     /// returns the finish reason if the sequence is done.
     fn sample_one(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
         let seq = &mut self.running[i];
-        let (id, logprob) = seq.sampler.sample(logits, &seq.req.prompt_ids, &seq.generated);
+        let (id, logprob) = seq
+            .sampler
+            .sample(logits, &seq.req.prompt_ids, &seq.generated);
         seq.generated.push(id);
         let is_eos = !seq.req.ignore_eos && self.tokenizer.eos_token_ids().contains(&id);
         if is_eos || seq.req.stop_token_ids.contains(&id) {
             let (text, _) = drain_text(&mut seq.decoder, &mut seq.stop);
-            let tokens = vec![GeneratedToken { id, text: self.tokenizer.token_text(id), logprob }];
+            let tokens = vec![GeneratedToken {
+                id,
+                text: self.tokenizer.token_text(id),
+                logprob,
+            }];
             let _ = seq.events.send(Event::Delta { text, tokens });
             return Some(FinishReason::Stop);
         }
         let piece = match seq.decoder.push(id) {
             Ok(p) => p,
             Err(e) => {
-                let _ = seq.events.send(Event::Error(format!("detokenization failed: {e}")));
+                let _ = seq
+                    .events
+                    .send(Event::Error(format!("detokenization failed: {e}")));
                 return Some(FinishReason::Stop);
             }
         };
         let out = seq.stop.push(&piece);
-        let token = GeneratedToken { id, text: self.tokenizer.token_text(id), logprob };
+        let token = GeneratedToken {
+            id,
+            text: self.tokenizer.token_text(id),
+            logprob,
+        };
         if out.stopped {
-            let _ = seq.events.send(Event::Delta { text: out.emit, tokens: vec![token] });
+            let _ = seq.events.send(Event::Delta {
+                text: out.emit,
+                tokens: vec![token],
+            });
             return Some(FinishReason::Stop);
         }
         let at_limit = seq.generated.len() >= seq.req.max_tokens
@@ -518,10 +612,20 @@ impl Worker {
         if at_limit {
             let (rest, stopped) = drain_text(&mut seq.decoder, &mut seq.stop);
             let text = out.emit + &rest;
-            let _ = seq.events.send(Event::Delta { text, tokens: vec![token] });
-            return Some(if stopped { FinishReason::Stop } else { FinishReason::Length });
+            let _ = seq.events.send(Event::Delta {
+                text,
+                tokens: vec![token],
+            });
+            return Some(if stopped {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            });
         }
-        let _ = seq.events.send(Event::Delta { text: out.emit, tokens: vec![token] });
+        let _ = seq.events.send(Event::Delta {
+            text: out.emit,
+            tokens: vec![token],
+        });
         seq.next_input = Some(id);
         None
     }

@@ -37,7 +37,11 @@ pub fn metadata_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize, M
         Value::I16(x) if *x >= 0 => *x as u64,
         Value::I32(x) if *x >= 0 => *x as u64,
         Value::I64(x) if *x >= 0 => *x as u64,
-        _ => return Err(ModelError::InvalidMetadata(format!("{key}: expected an integer, got {v:?}"))),
+        _ => {
+            return Err(ModelError::InvalidMetadata(format!(
+                "{key}: expected an integer, got {v:?}"
+            )))
+        }
     };
     usize::try_from(n).map_err(|_| ModelError::InvalidMetadata(format!("{key}: {n} too large")))
 }
@@ -56,7 +60,9 @@ pub fn metadata_f64(md: &HashMap<String, Value>, key: &str) -> Result<f64, Model
 pub fn metadata_str<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a str, ModelError> {
     match metadata(md, key)? {
         Value::String(s) => Ok(s.as_str()),
-        v => Err(ModelError::InvalidMetadata(format!("{key}: expected a string, got {v:?}"))),
+        v => Err(ModelError::InvalidMetadata(format!(
+            "{key}: expected a string, got {v:?}"
+        ))),
     }
 }
 
@@ -80,7 +86,9 @@ pub fn read_vector<R: Read + Seek>(
     name: &str,
 ) -> Result<Vec<f32>, ModelError> {
     let t = read_tensor(content, reader, name, &Device::Cpu)?;
-    Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(t.dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 /// True for the 32-value block formats that [`to_q8_0_parts`] converts.
@@ -110,7 +118,9 @@ pub fn to_q8_0_parts(t: &QTensor) -> Result<Q8_0Parts, ModelError> {
     let dtype = t.dtype();
     let (n, k) = t.shape().dims2()?;
     if !converts_to_q8_0(dtype) || k % 32 != 0 {
-        return Err(ModelError::Unsupported(format!("conversion of {dtype:?} [{n}, {k}] to Q8_0")));
+        return Err(ModelError::Unsupported(format!(
+            "conversion of {dtype:?} [{n}, {k}] to Q8_0"
+        )));
     }
     let in_block = dtype.type_size();
     let kb = k / 32;
@@ -123,7 +133,11 @@ pub fn to_q8_0_parts(t: &QTensor) -> Result<Q8_0Parts, ModelError> {
     }
     let has_min = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1);
     let mut blocks = vec![0u8; n * kb * Q8_0_BLOCK_BYTES];
-    let mut offsets = if has_min { vec![0f32; n * kb] } else { Vec::new() };
+    let mut offsets = if has_min {
+        vec![0f32; n * kb]
+    } else {
+        Vec::new()
+    };
     for i in 0..n * kb {
         let src = &data[i * in_block..(i + 1) * in_block];
         let dst = &mut blocks[i * Q8_0_BLOCK_BYTES..(i + 1) * Q8_0_BLOCK_BYTES];
@@ -141,7 +155,9 @@ pub fn to_q8_0_parts(t: &QTensor) -> Result<Q8_0Parts, ModelError> {
             _ => unreachable!("checked by converts_to_q8_0"),
         };
         dst[..2].copy_from_slice(&src[..2]);
-        let qh = qh_at.map_or(0u32, |o| u32::from_le_bytes([src[o], src[o + 1], src[o + 2], src[o + 3]]));
+        let qh = qh_at.map_or(0u32, |o| {
+            u32::from_le_bytes([src[o], src[o + 1], src[o + 2], src[o + 3]])
+        });
         for j in 0..16 {
             let mut lo = src[qs_at + j] & 0x0F;
             let mut hi = src[qs_at + j] >> 4;
@@ -156,7 +172,12 @@ pub fn to_q8_0_parts(t: &QTensor) -> Result<Q8_0Parts, ModelError> {
             offsets[i] = rd(2) + zero as f32 * rd(0);
         }
     }
-    Ok(Q8_0Parts { blocks, offsets: has_min.then_some(offsets), n, k })
+    Ok(Q8_0Parts {
+        blocks,
+        offsets: has_min.then_some(offsets),
+        n,
+        k,
+    })
 }
 
 /// Concatenates 2-D quantized matrices of the same type and inner dimension along the rows
@@ -193,9 +214,19 @@ mod tests {
     #[test]
     fn q8_0_parts_are_exact() {
         let w = Tensor::randn(0f32, 0.1, (8, 64), &Device::Cpu).expect("randn");
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
-            let want: Vec<f32> = q.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("deq");
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .expect("deq");
             let parts = to_q8_0_parts(&q).expect("convert");
             for r in 0..8 {
                 for b in 0..2 {
@@ -205,7 +236,11 @@ mod tests {
                     for j in 0..32 {
                         let got = d * (blk[2 + j] as i8) as f32 + off;
                         let exp = want[r * 64 + b * 32 + j];
-                        assert!((got - exp).abs() <= 1e-6 * exp.abs().max(1e-3), "{dtype:?} [{r}, {}]: {got} vs {exp}", b * 32 + j);
+                        assert!(
+                            (got - exp).abs() <= 1e-6 * exp.abs().max(1e-3),
+                            "{dtype:?} [{r}, {}]: {got} vs {exp}",
+                            b * 32 + j
+                        );
                     }
                 }
             }

@@ -9,8 +9,14 @@ use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest
 use govlm_inference::sampling::SamplingParams;
 
 fn engine(file: &str) -> EngineHandle {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(file);
-    assert!(path.is_file(), "model file {} missing: run `make models` first", path.display());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    assert!(
+        path.is_file(),
+        "model file {} missing: run `make models` first",
+        path.display()
+    );
     EngineHandle::spawn(&ResolvedModel {
         id: "test".into(),
         gguf: path,
@@ -23,7 +29,12 @@ fn engine(file: &str) -> EngineHandle {
     .expect("spawn engine")
 }
 
-fn request(engine: &EngineHandle, prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
+fn request(
+    engine: &EngineHandle,
+    prompt: &str,
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> GenerateRequest {
     GenerateRequest {
         prompt_ids: engine.tokenizer().encode(prompt, true).expect("encode"),
         max_tokens,
@@ -36,16 +47,25 @@ fn request(engine: &EngineHandle, prompt: &str, max_tokens: usize, sampling: Sam
 }
 
 /// Collects a request's events into (text, generated ids, finish reason).
-fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Vec<u32>, FinishReason) {
+fn collect(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (String, Vec<u32>, FinishReason) {
     let mut text = String::new();
     let mut ids = Vec::new();
     loop {
-        match rx.blocking_recv().expect("engine closed the stream without Finished") {
+        match rx
+            .blocking_recv()
+            .expect("engine closed the stream without Finished")
+        {
             Event::Delta { text: t, tokens } => {
                 text.push_str(&t);
                 ids.extend(tokens.iter().map(|t| t.id));
             }
-            Event::Finished { reason, completion_tokens, .. } => {
+            Event::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
                 assert_eq!(completion_tokens, ids.len());
                 return (text, ids, reason);
             }
@@ -56,7 +76,10 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Vec<
 }
 
 fn greedy() -> SamplingParams {
-    SamplingParams { temperature: 0.0, ..SamplingParams::default() }
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
 }
 
 const PROMPTS: [&str; 5] = [
@@ -72,17 +95,29 @@ fn batch_equals_alone(file: &str) {
     let alone: Vec<_> = PROMPTS
         .iter()
         .enumerate()
-        .map(|(i, p)| collect(e.submit(request(&e, p, 12 + 3 * i, greedy())).expect("submit")))
+        .map(|(i, p)| {
+            collect(
+                e.submit(request(&e, p, 12 + 3 * i, greedy()))
+                    .expect("submit"),
+            )
+        })
         .collect();
     // All at once: different prompt lengths, so prefill and decode steps mix in one batch.
     let rxs: Vec<_> = PROMPTS
         .iter()
         .enumerate()
-        .map(|(i, p)| e.submit(request(&e, p, 12 + 3 * i, greedy())).expect("submit"))
+        .map(|(i, p)| {
+            e.submit(request(&e, p, 12 + 3 * i, greedy()))
+                .expect("submit")
+        })
         .collect();
     let together: Vec<_> = rxs.into_iter().map(collect).collect();
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert_eq!(a.1, t.1, "{file}: prompt {i} ({:?}) differs alone vs batched", PROMPTS[i]);
+        assert_eq!(
+            a.1, t.1,
+            "{file}: prompt {i} ({:?}) differs alone vs batched",
+            PROMPTS[i]
+        );
         assert_eq!(a.0, t.0);
         assert_eq!(a.2, FinishReason::Length);
     }
@@ -101,30 +136,55 @@ fn gemma3_batch_equals_alone() {
 #[test]
 fn seeded_sampling_is_reproducible_under_load() {
     let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let seeded = SamplingParams { temperature: 1.0, seed: Some(1234), ..SamplingParams::default() };
-    let alone = collect(e.submit(request(&e, PROMPTS[0], 20, seeded.clone())).expect("submit"));
-    let mut rxs = vec![e.submit(request(&e, PROMPTS[0], 20, seeded.clone())).expect("submit")];
+    let seeded = SamplingParams {
+        temperature: 1.0,
+        seed: Some(1234),
+        ..SamplingParams::default()
+    };
+    let alone = collect(
+        e.submit(request(&e, PROMPTS[0], 20, seeded.clone()))
+            .expect("submit"),
+    );
+    let mut rxs = vec![e
+        .submit(request(&e, PROMPTS[0], 20, seeded.clone()))
+        .expect("submit")];
     for p in &PROMPTS[1..] {
-        let other = SamplingParams { temperature: 1.0, seed: None, ..SamplingParams::default() };
+        let other = SamplingParams {
+            temperature: 1.0,
+            seed: None,
+            ..SamplingParams::default()
+        };
         rxs.push(e.submit(request(&e, p, 20, other)).expect("submit"));
     }
     let mut results: Vec<_> = rxs.into_iter().map(collect).collect();
-    assert_eq!(alone.1, results.remove(0).1, "seeded request changed under load");
+    assert_eq!(
+        alone.1,
+        results.remove(0).1,
+        "seeded request changed under load"
+    );
 }
 
 #[test]
 fn dropped_receiver_cancels_and_engine_keeps_serving() {
     let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let rx = e.submit(request(&e, PROMPTS[0], 500, greedy())).expect("submit");
+    let rx = e
+        .submit(request(&e, PROMPTS[0], 500, greedy()))
+        .expect("submit");
     drop(rx);
-    let (_, ids, reason) = collect(e.submit(request(&e, PROMPTS[1], 5, greedy())).expect("submit"));
+    let (_, ids, reason) = collect(
+        e.submit(request(&e, PROMPTS[1], 5, greedy()))
+            .expect("submit"),
+    );
     assert_eq!((ids.len(), reason), (5, FinishReason::Length));
 }
 
 #[test]
 fn stop_string_split_across_tokens_is_never_emitted() {
     let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let (full, _, _) = collect(e.submit(request(&e, PROMPTS[0], 24, greedy())).expect("submit"));
+    let (full, _, _) = collect(
+        e.submit(request(&e, PROMPTS[0], 24, greedy()))
+            .expect("submit"),
+    );
     // A stop string that starts inside the output: the text must end right before it.
     let words: Vec<&str> = full.split_whitespace().collect();
     assert!(words.len() > 4, "greedy output too short: {full:?}");
@@ -134,7 +194,11 @@ fn stop_string_split_across_tokens_is_never_emitted() {
     req.stop = vec![stop.clone()];
     let (text, _, reason) = collect(e.submit(req).expect("submit"));
     assert_eq!(reason, FinishReason::Stop);
-    assert_eq!(text, full[..cut], "text must end before the stop string {stop:?}");
+    assert_eq!(
+        text,
+        full[..cut],
+        "text must end before the stop string {stop:?}"
+    );
 }
 
 #[test]
@@ -152,8 +216,15 @@ fn prompt_logprobs_cover_every_prompt_token() {
         other => panic!("expected prompt logprobs, got {other:?}"),
     }
     match rx.blocking_recv() {
-        Some(Event::Finished { reason, completion_tokens, prompt_tokens }) => {
-            assert_eq!((reason, completion_tokens, prompt_tokens), (FinishReason::Length, 0, n));
+        Some(Event::Finished {
+            reason,
+            completion_tokens,
+            prompt_tokens,
+        }) => {
+            assert_eq!(
+                (reason, completion_tokens, prompt_tokens),
+                (FinishReason::Length, 0, n)
+            );
         }
         other => panic!("expected Finished, got {other:?}"),
     }

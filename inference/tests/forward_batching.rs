@@ -11,8 +11,13 @@ use candle_core::Device;
 use govlm_inference::model::{LogitRows, Model, SeqBatch};
 
 fn load() -> Model {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "model file {} is missing: run `make models` first", p.display());
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "model file {} is missing: run `make models` first",
+        p.display()
+    );
     let mut f = File::open(&p).expect("open model");
     let content = gguf_file::Content::read(&mut f).expect("read GGUF");
     Model::load(&content, &mut f, &Device::Cpu).expect("load model")
@@ -25,7 +30,10 @@ fn rows(t: candle_core::Tensor) -> Vec<Vec<f32>> {
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{what}: logit {i}: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+            "{what}: logit {i}: {x} vs {y}"
+        );
     }
 }
 
@@ -36,8 +44,11 @@ fn flattened_batch_equals_sequences_alone() {
     let b: Vec<u32> = vec![1, 35097, 8957, 355, 7473];
     let c: Vec<u32> = vec![1, 378, 23962, 52, 30, 27, 2, 33, 1456, 6033, 28];
     // Steps: (a tokens, b tokens, c tokens) fed per forward call.
-    let plan: [(std::ops::Range<usize>, std::ops::Range<usize>, std::ops::Range<usize>); 3] =
-        [(0..6, 0..3, 0..0), (6..7, 3..5, 0..9), (7..8, 5..5, 9..11)];
+    let plan: [(
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+        std::ops::Range<usize>,
+    ); 3] = [(0..6, 0..3, 0..0), (6..7, 3..5, 0..9), (7..8, 5..5, 9..11)];
     let seqs = [&a, &b, &c];
 
     // Each sequence alone, step by step with the same chunking.
@@ -50,14 +61,20 @@ fn flattened_batch_equals_sequences_alone() {
                 continue;
             }
             let out = model
-                .forward(&mut [SeqBatch { tokens: &s[r], cache: &mut cache, logits: LogitRows::All }])
+                .forward(&mut [SeqBatch {
+                    tokens: &s[r],
+                    cache: &mut cache,
+                    logits: LogitRows::All,
+                }])
                 .expect("forward alone");
             alone[si].extend(rows(out));
         }
     }
 
     // All together, one forward per step.
-    let mut caches: Vec<_> = (0..3).map(|_| model.new_kv_cache(32).expect("cache")).collect();
+    let mut caches: Vec<_> = (0..3)
+        .map(|_| model.new_kv_cache(32).expect("cache"))
+        .collect();
     let mut together: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
     for step in &plan {
         let ranges = [step.0.clone(), step.1.clone(), step.2.clone()];
@@ -68,9 +85,17 @@ fn flattened_batch_equals_sequences_alone() {
                 continue;
             }
             // Sequence 1 asks only for its last row: check the row selection too.
-            let logits = if si == 1 { LogitRows::Last } else { LogitRows::All };
+            let logits = if si == 1 {
+                LogitRows::Last
+            } else {
+                LogitRows::All
+            };
             order.push((si, if si == 1 { 1 } else { r.len() }, r.len()));
-            batch.push(SeqBatch { tokens: &seqs[si][r.clone()], cache, logits });
+            batch.push(SeqBatch {
+                tokens: &seqs[si][r.clone()],
+                cache,
+                logits,
+            });
         }
         let out = rows(model.forward(&mut batch).expect("forward batch"));
         let mut at = 0;
@@ -97,21 +122,35 @@ fn flattened_batch_equals_sequences_alone() {
 #[test]
 fn chunked_prefill_equals_one_shot() {
     let model = load();
-    let prompt: Vec<u32> = vec![1, 504, 1463, 282, 14469, 14442, 506, 1986, 351, 3275, 314, 6319, 411];
+    let prompt: Vec<u32> = vec![
+        1, 504, 1463, 282, 14469, 14442, 506, 1986, 351, 3275, 314, 6319, 411,
+    ];
     let mut c1 = model.new_kv_cache(prompt.len() + 1).expect("cache");
     let one = rows(
         model
-            .forward(&mut [SeqBatch { tokens: &prompt, cache: &mut c1, logits: LogitRows::All }])
+            .forward(&mut [SeqBatch {
+                tokens: &prompt,
+                cache: &mut c1,
+                logits: LogitRows::All,
+            }])
             .expect("one shot"),
     );
     let mut c2 = model.new_kv_cache(prompt.len() + 1).expect("cache");
     let none = model
-        .forward(&mut [SeqBatch { tokens: &prompt[..5], cache: &mut c2, logits: LogitRows::None }])
+        .forward(&mut [SeqBatch {
+            tokens: &prompt[..5],
+            cache: &mut c2,
+            logits: LogitRows::None,
+        }])
         .expect("chunk 1");
     assert_eq!(none.dims(), &[0, model.config().vocab_size]);
     let two = rows(
         model
-            .forward(&mut [SeqBatch { tokens: &prompt[5..], cache: &mut c2, logits: LogitRows::All }])
+            .forward(&mut [SeqBatch {
+                tokens: &prompt[5..],
+                cache: &mut c2,
+                logits: LogitRows::All,
+            }])
             .expect("chunk 2"),
     );
     assert_eq!(two.len(), prompt.len() - 5);
@@ -120,9 +159,31 @@ fn chunked_prefill_equals_one_shot() {
     }
     // Then one decode step from each cache agrees too.
     let next = [one.len() as u32 + 100];
-    let a = rows(model.forward(&mut [SeqBatch { tokens: &next, cache: &mut c1, logits: LogitRows::Last }]).expect("decode"));
-    let b = rows(model.forward(&mut [SeqBatch { tokens: &next, cache: &mut c2, logits: LogitRows::Last }]).expect("decode"));
+    let a = rows(
+        model
+            .forward(&mut [SeqBatch {
+                tokens: &next,
+                cache: &mut c1,
+                logits: LogitRows::Last,
+            }])
+            .expect("decode"),
+    );
+    let b = rows(
+        model
+            .forward(&mut [SeqBatch {
+                tokens: &next,
+                cache: &mut c2,
+                logits: LogitRows::Last,
+            }])
+            .expect("decode"),
+    );
     assert_close(&a[0], &b[0], "decode after prefill");
     // A full cache is an error, not a panic.
-    assert!(model.forward(&mut [SeqBatch { tokens: &next, cache: &mut c1, logits: LogitRows::Last }]).is_err());
+    assert!(model
+        .forward(&mut [SeqBatch {
+            tokens: &next,
+            cache: &mut c1,
+            logits: LogitRows::Last
+        }])
+        .is_err());
 }

@@ -2,20 +2,21 @@
 //!
 //! - `greedy_*`: for each model, the 6 prompts of `shared/data/reference/llama_cpp_greedy.jsonl`
 //!   (llama.cpp's prompt token ids and its 32 greedy output ids on the same GGUF) are decoded
-//!   greedily (argmax, lowest id on ties) with our forward pass. SmolLM2 and Qwen2.5: at least 5
-//!   of 6 prompts must match all 32 ids. Gemma 3 (numerically fragile: the reference README
-//!   notes llama.cpp's own tools disagree on its chat prompt) currently matches 3 of 6, every
-//!   miss at a near-tie; its test requires >= 3 matches and a top-2 margin below 0.5 at every
-//!   divergence. Every miss prints the position and the logit margin between our top two tokens
-//!   at the first divergence (a near-tie explains a miss; a large margin is a bug).
+//!   greedily (argmax, lowest id on ties) with our forward pass. Every miss prints the position
+//!   and the logit margin between our top two tokens at the first divergence (a near-tie
+//!   explains a miss; a large margin is a bug). Required: SmolLM2 5 of 6 prompts; Qwen2.5 4 of 6
+//!   and Gemma 3 3 of 6, with every miss at a near-tie (top-2 margin below 0.5). Qwen2.5 and
+//!   Gemma 3 store some matrices as Q4_K/Q6_K, whose dot products we compute row by row so that a
+//!   sequence's logits never depend on the batch (see `batch_invariance.rs`); the remaining
+//!   rounding differences from llama.cpp flip near-ties on the other prompts. (The reference
+//!   README notes that llama.cpp's own tools disagree on the Gemma chat prompt.)
 //! - `logits_vs_candle_*`: last-row logits of a prompt against candle-transformers'
 //!   `quantized_llama` (SmolLM2) and `quantized_qwen2` (Qwen2.5) on the same GGUF. Tolerance:
 //!   max |ours - ref| <= 5% (SmolLM2) / 3% (Qwen2.5) of the reference logit range (max - min),
 //!   and the same argmax. Measured: about 4.2% / 2%. Both sides use the same weights exactly;
 //!   the difference is activation quantization: we quantize activations to Q8_0 and add the
 //!   Q4_1 block minimum times the exact f32 block sum, candle (like llama.cpp) uses Q8_1
-//!   activations for Q4_1, and the gap compounds over 30 layers. (Our greedy ids match
-//!   llama.cpp's on 5/6 prompts for both models.)
+//!   activations for Q4_1, and the gap compounds over 30 layers.
 //!   Gemma 3 has no correct upstream reference (candle's file uses SiLU instead of GELU), so it
 //!   is checked by the llama.cpp greedy ids only.
 
@@ -27,8 +28,14 @@ use candle_core::{Device, Tensor};
 use govlm_inference::model::{LogitRows, Model, SeqBatch};
 
 fn model_path(file: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(file);
-    assert!(p.is_file(), "model file {} is missing: run `make models` first", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    assert!(
+        p.is_file(),
+        "model file {} is missing: run `make models` first",
+        p.display()
+    );
     p
 }
 
@@ -46,7 +53,10 @@ struct Case {
 }
 
 fn cases(file: &str) -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/reference/llama_cpp_greedy.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/reference/llama_cpp_greedy.jsonl"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let out: Vec<Case> = text
         .lines()
@@ -86,14 +96,23 @@ fn greedy(file: &str, min_matches: usize, max_miss_margin: f32) {
     let mut report = Vec::new();
     for case in cases(file) {
         let n_out = case.output_ids.len();
-        let mut cache = model.new_kv_cache(case.prompt_ids.len() + n_out).expect("cache");
+        let mut cache = model
+            .new_kv_cache(case.prompt_ids.len() + n_out)
+            .expect("cache");
         let mut logits = model
-            .forward(&mut [SeqBatch { tokens: &case.prompt_ids, cache: &mut cache, logits: LogitRows::Last }])
+            .forward(&mut [SeqBatch {
+                tokens: &case.prompt_ids,
+                cache: &mut cache,
+                logits: LogitRows::Last,
+            }])
             .expect("prefill");
         let mut miss = None;
         let mut miss_margin = 0f32;
         for (pos, &want) in case.output_ids.iter().enumerate() {
-            let row: Vec<f32> = logits.squeeze(0).and_then(|r| r.to_vec1()).expect("logits row");
+            let row: Vec<f32> = logits
+                .squeeze(0)
+                .and_then(|r| r.to_vec1())
+                .expect("logits row");
             let (got, margin) = top2(&row);
             if got != want {
                 miss_margin = margin;
@@ -106,7 +125,11 @@ fn greedy(file: &str, min_matches: usize, max_miss_margin: f32) {
             }
             if pos + 1 < n_out {
                 logits = model
-                    .forward(&mut [SeqBatch { tokens: &[got], cache: &mut cache, logits: LogitRows::Last }])
+                    .forward(&mut [SeqBatch {
+                        tokens: &[got],
+                        cache: &mut cache,
+                        logits: LogitRows::Last,
+                    }])
                     .expect("decode");
             }
         }
@@ -125,8 +148,15 @@ fn greedy(file: &str, min_matches: usize, max_miss_margin: f32) {
             }
         }
     }
-    eprintln!("{file}: {matched}/6 prompts match llama.cpp's 32 greedy tokens\n{}", report.join("\n"));
-    assert!(matched >= min_matches, "{file}: only {matched}/6 prompts match\n{}", report.join("\n"));
+    eprintln!(
+        "{file}: {matched}/6 prompts match llama.cpp's 32 greedy tokens\n{}",
+        report.join("\n")
+    );
+    assert!(
+        matched >= min_matches,
+        "{file}: only {matched}/6 prompts match\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]
@@ -136,7 +166,7 @@ fn greedy_smollm2_matches_llama_cpp() {
 
 #[test]
 fn greedy_qwen2_matches_llama_cpp() {
-    greedy("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 5, f32::INFINITY);
+    greedy("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 4, 0.5);
 }
 
 #[test]
@@ -149,21 +179,32 @@ fn compare_last_row(ours: &[f32], reference: &[f32], what: &str, tol: f32) {
     let max = reference.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let min = reference.iter().copied().fold(f32::INFINITY, f32::min);
     let range = max - min;
-    let max_diff = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max_diff = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let (a1, _) = top2(ours);
     let (a2, m2) = top2(reference);
     eprintln!(
         "{what}: max |diff| {max_diff:.4} = {:.3}% of range {range:.2}; argmax ours {a1} ref {a2} (ref margin {m2:.3})",
         100.0 * max_diff / range
     );
-    assert!(max_diff <= tol * range, "{what}: logits differ by {max_diff} (range {range})");
+    assert!(
+        max_diff <= tol * range,
+        "{what}: logits differ by {max_diff} (range {range})"
+    );
     assert_eq!(a1, a2, "{what}: argmax differs");
 }
 
 fn our_last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     let mut cache = model.new_kv_cache(ids.len()).expect("cache");
     let t = model
-        .forward(&mut [SeqBatch { tokens: ids, cache: &mut cache, logits: LogitRows::Last }])
+        .forward(&mut [SeqBatch {
+            tokens: ids,
+            cache: &mut cache,
+            logits: LogitRows::Last,
+        }])
         .expect("forward");
     t.squeeze(0).and_then(|r| r.to_vec1()).expect("row")
 }
@@ -177,10 +218,16 @@ fn logits_vs_candle_quantized_llama() {
     let path = model_path(file);
     let mut f = File::open(&path).expect("open");
     let content = gguf_file::Content::read(&mut f).expect("gguf");
-    let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
+    let mut reference =
+        ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
     let r = reference.forward(&input, 0).expect("reference forward");
-    let r: Vec<f32> = r.flatten_all().and_then(|t| t.to_vec1()).expect("reference row");
+    let r: Vec<f32> = r
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("reference row");
     compare_last_row(&ours, &r, file, 0.05);
 }
 
@@ -193,9 +240,15 @@ fn logits_vs_candle_quantized_qwen2() {
     let path = model_path(file);
     let mut f = File::open(&path).expect("open");
     let content = gguf_file::Content::read(&mut f).expect("gguf");
-    let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).expect("input");
+    let mut reference =
+        ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
     let r = reference.forward(&input, 0).expect("reference forward");
-    let r: Vec<f32> = r.flatten_all().and_then(|t| t.to_vec1()).expect("reference row");
+    let r: Vec<f32> = r
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("reference row");
     compare_last_row(&ours, &r, file, 0.03);
 }

@@ -14,7 +14,10 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 fn model_path(rel: &str) -> PathBuf {
     let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).join(rel);
     if !p.exists() {
-        panic!("model file {} missing: run `make models` first", p.display());
+        panic!(
+            "model file {} missing: run `make models` first",
+            p.display()
+        );
     }
     p
 }
@@ -69,7 +72,9 @@ fn compare_with_reference(ours: &Tokenizer, reference: &tokenizers::Tokenizer) -
     for (cat, text) in texts() {
         let mut ok = true;
         for add_special in [false, true] {
-            let want = reference.encode(text.as_str(), add_special).expect("reference encode");
+            let want = reference
+                .encode(text.as_str(), add_special)
+                .expect("reference encode");
             let want = want.get_ids().to_vec();
             let got = ours.encode(&text, add_special).expect("our encode");
             if got != want {
@@ -111,7 +116,12 @@ fn qwen_gguf_matches_reference_tokenizer_json() {
     let reference = reference("qwen");
     eprintln!("qwen:");
     let failures = compare_with_reference(&ours, &reference);
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // Qwen splits digits one by one.
     let ids = ours.encode("12345", false).expect("encode");
     assert_eq!(ids.len(), 5);
@@ -123,7 +133,12 @@ fn gemma_gguf_matches_reference_tokenizer_json() {
     let reference = reference("gemma3");
     eprintln!("gemma3:");
     let failures = compare_with_reference(&ours, &reference);
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // "world" is a single piece (a Unigram model would split it).
     let ids = ours.encode(" world", false).expect("encode");
     assert_eq!(ids.len(), 1, "{ids:?}");
@@ -146,7 +161,11 @@ fn from_tokenizer_json_matches_gguf_tokenizer() {
             }
         }
         assert_eq!(from_json.bos_token(), from_gguf.bos_token(), "{file}");
-        assert_eq!(from_json.eos_token_ids(), from_gguf.eos_token_ids(), "{file}");
+        assert_eq!(
+            from_json.eos_token_ids(),
+            from_gguf.eos_token_ids(),
+            "{file}"
+        );
     }
 }
 
@@ -159,7 +178,10 @@ struct RefLine {
 }
 
 fn reference_lines() -> Vec<RefLine> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/reference/llama_cpp_greedy.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/reference/llama_cpp_greedy.jsonl"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let ids = |v: &serde_json::Value| -> Vec<u32> {
         v.as_array()
@@ -188,7 +210,10 @@ fn reference_lines() -> Vec<RefLine> {
 fn check_llama_cpp_prompts(file: &str) {
     let tok = gguf_tokenizer(file);
     let mut n = 0;
-    for line in reference_lines().into_iter().filter(|l| l.model_file == file) {
+    for line in reference_lines()
+        .into_iter()
+        .filter(|l| l.model_file == file)
+    {
         let got = tok.encode(&line.prompt, true).expect("encode");
         assert_eq!(got, line.prompt_ids, "{file}: prompt {:?}", line.prompt);
         n += 1;
@@ -217,13 +242,19 @@ fn check_stream(tok: &Tokenizer, ids: &[u32], what: &str) -> Vec<String> {
     let mut deltas = Vec::new();
     for &id in ids {
         let d = dec.push(id).expect("push");
-        assert!(!d.contains('\u{FFFD}'), "{what}: delta {d:?} contains U+FFFD (ids {ids:?})");
+        assert!(
+            !d.contains('\u{FFFD}'),
+            "{what}: delta {d:?} contains U+FFFD (ids {ids:?})"
+        );
         deltas.push(d);
     }
     let tail = dec.finish();
     let full = tok.decode(ids, true).expect("decode");
     let joined: String = deltas.concat() + &tail;
-    assert_eq!(joined, full, "{what}: concatenated deltas differ from full decode");
+    assert_eq!(
+        joined, full,
+        "{what}: concatenated deltas differ from full decode"
+    );
     deltas
 }
 
@@ -241,14 +272,25 @@ fn stream_decoder_on_llama_cpp_outputs() {
             .any(|&id| tok.token_text(id).contains('\u{FFFD}'));
         if file != GEMMA {
             // (Gemma's vocabulary has these CJK characters as whole pieces.)
-            assert!(split_somewhere, "{file}: expected some output token to be a partial character");
+            assert!(
+                split_somewhere,
+                "{file}: expected some output token to be a partial character"
+            );
         }
         for line in lines.iter().filter(|l| l.model_file == file) {
-            check_stream(&tok, &line.output_ids, &format!("{file} output for {:?}", line.prompt));
+            check_stream(
+                &tok,
+                &line.output_ids,
+                &format!("{file} output for {:?}", line.prompt),
+            );
             // The prompt and output together, as the engine would see a whole sequence.
             let mut all = line.prompt_ids.clone();
             all.extend_from_slice(&line.output_ids);
-            check_stream(&tok, &all, &format!("{file} prompt+output {:?}", line.prompt));
+            check_stream(
+                &tok,
+                &all,
+                &format!("{file} prompt+output {:?}", line.prompt),
+            );
         }
     }
 }
@@ -279,7 +321,10 @@ fn stream_decoder_holds_back_split_characters() {
         }
         // Characters split over tokens (byte-level BPE, or SentencePiece byte fallback) must
         // have made some pushes hold their text back.
-        assert!(saw_hold, "{file}: expected at least one held-back (empty) delta");
+        assert!(
+            saw_hold,
+            "{file}: expected at least one held-back (empty) delta"
+        );
     }
 }
 
@@ -288,8 +333,19 @@ fn bos_eos_and_special_tokens() {
     let gemma = gguf_tokenizer(GEMMA);
     assert_eq!(gemma.bos_token(), Some("<bos>"));
     assert_eq!(gemma.encode("hi", true).expect("encode").first(), Some(&2));
-    assert_eq!(gemma.encode("hi", false).expect("encode").first().copied().filter(|&i| i == 2), None);
-    let eot = gemma.hf().token_to_id("<end_of_turn>").expect("<end_of_turn>");
+    assert_eq!(
+        gemma
+            .encode("hi", false)
+            .expect("encode")
+            .first()
+            .copied()
+            .filter(|&i| i == 2),
+        None
+    );
+    let eot = gemma
+        .hf()
+        .token_to_id("<end_of_turn>")
+        .expect("<end_of_turn>");
     assert!(gemma.eos_token_ids().contains(&1) && gemma.eos_token_ids().contains(&eot));
     assert!(gemma.is_special(eot));
     assert_eq!(gemma.vocab_size(), 262144);
@@ -297,7 +353,10 @@ fn bos_eos_and_special_tokens() {
     let qwen = gguf_tokenizer(QWEN);
     assert_eq!(qwen.eos_token(), Some("<|im_end|>"));
     assert!(qwen.eos_token_ids().contains(&151645) && qwen.eos_token_ids().contains(&151643));
-    assert_eq!(qwen.encode("hi", true).expect("encode"), qwen.encode("hi", false).expect("encode"));
+    assert_eq!(
+        qwen.encode("hi", true).expect("encode"),
+        qwen.encode("hi", false).expect("encode")
+    );
     assert_eq!(qwen.token_text(151644), "<|im_start|>");
     assert_eq!(qwen.vocab_size(), 151936);
 

@@ -41,16 +41,27 @@ struct BenchArgs {
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use govlm_inference::model::Model;
-    let mut file = std::fs::File::open(&a.model).with_context(|| format!("cannot open {}", a.model.display()))?;
+    let mut file = std::fs::File::open(&a.model)
+        .with_context(|| format!("cannot open {}", a.model.display()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)
         .with_context(|| format!("{} is not a GGUF file", a.model.display()))?;
     let model = Model::load(&content, &mut file, &govlm_inference::Device::Cpu)?;
-    println!("model: {} ({:?})", a.model.display(), model.config().architecture);
+    println!(
+        "model: {} ({:?})",
+        a.model.display(),
+        model.config().architecture
+    );
     for &p in &a.prompt_tokens {
-        print!("{}", govlm_inference::bench::run_bench(&model, p, 0, a.repetitions)?);
+        print!(
+            "{}",
+            govlm_inference::bench::run_bench(&model, p, 0, a.repetitions)?
+        );
     }
     if a.gen_tokens > 0 {
-        print!("{}", govlm_inference::bench::run_bench(&model, 0, a.gen_tokens, a.repetitions)?);
+        print!(
+            "{}",
+            govlm_inference::bench::run_bench(&model, 0, a.gen_tokens, a.repetitions)?
+        );
     }
     Ok(())
 }

@@ -18,7 +18,11 @@ pub(crate) fn has_avx2() -> bool {
 
 /// Runs `f(row_range)` over `rows` rows on candle's CPU thread pool when the work is large
 /// enough to be worth splitting (`work_per_row` is a rough cost estimate in flops).
-pub(crate) fn par_rows<F: Fn(std::ops::Range<usize>) + Sync>(rows: usize, work_per_row: usize, f: F) {
+pub(crate) fn par_rows<F: Fn(std::ops::Range<usize>) + Sync>(
+    rows: usize,
+    work_per_row: usize,
+    f: F,
+) {
     if rows == 0 {
         return;
     }
@@ -366,7 +370,11 @@ pub(crate) fn attention(
     let mut out = vec![0f32; t * out_k];
     let group = num_heads / num_kv_heads;
     let row = num_kv_heads * head_dim;
-    let max_keys = seqs.iter().map(|s| s.start_pos + s.n_new).max().unwrap_or(0);
+    let max_keys = seqs
+        .iter()
+        .map(|s| s.start_pos + s.n_new)
+        .max()
+        .unwrap_or(0);
     // Work items: (query row, head), in batch order.
     let mut items: Vec<(u32, u32)> = Vec::with_capacity(t * num_heads);
     for (si, s) in seqs.iter().enumerate() {
@@ -399,12 +407,25 @@ pub(crate) fn attention(
             #[cfg(target_arch = "x86_64")]
             if use_avx2 {
                 // SAFETY: AVX2/FMA availability checked at run time.
-                unsafe { avx2::attend(qv, s.k, s.v, row, head_off, j0, pos, scale, &mut scores, o) };
+                unsafe {
+                    avx2::attend(qv, s.k, s.v, row, head_off, j0, pos, scale, &mut scores, o)
+                };
                 continue;
             }
             let _ = use_avx2;
             attend_generic(
-                qv, s.k, s.v, row, head_off, j0, pos, scale, &mut scores, o, dot_scalar, axpy_scalar,
+                qv,
+                s.k,
+                s.v,
+                row,
+                head_off,
+                j0,
+                pos,
+                scale,
+                &mut scores,
+                o,
+                dot_scalar,
+                axpy_scalar,
             );
         }
     };
@@ -417,7 +438,16 @@ mod tests {
     use super::*;
 
     #[allow(clippy::too_many_arguments)]
-    fn naive(q: &[f32], k: &[f32], v: &[f32], row: usize, off: usize, j0: usize, j1: usize, scale: f32) -> Vec<f32> {
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        row: usize,
+        off: usize,
+        j0: usize,
+        j1: usize,
+        scale: f32,
+    ) -> Vec<f32> {
         let d = q.len();
         let s: Vec<f32> = (j0..=j1)
             .map(|j| (0..d).map(|t| q[t] * k[j * row + off + t]).sum::<f32>() * scale)
@@ -425,7 +455,15 @@ mod tests {
         let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f32 = e.iter().sum();
-        (0..d).map(|t| (j0..=j1).zip(&e).map(|(j, p)| p * v[j * row + off + t]).sum::<f32>() / z).collect()
+        (0..d)
+            .map(|t| {
+                (j0..=j1)
+                    .zip(&e)
+                    .map(|(j, p)| p * v[j * row + off + t])
+                    .sum::<f32>()
+                    / z
+            })
+            .collect()
     }
 
     /// Causal + sliding-window masking and GQA head mapping against a naive implementation,
@@ -442,11 +480,33 @@ mod tests {
         let stride = heads * d + 8; // extra columns are ignored
         let q: Vec<f32> = (0..5 * stride).map(|i| val(i + 29)).collect();
         let seqs = [
-            AttnSeq { k: &k1, v: &v1, start_pos: 9, n_new: 1, q_offset: 0 },
-            AttnSeq { k: &k2, v: &v2, start_pos: 0, n_new: 4, q_offset: 1 },
+            AttnSeq {
+                k: &k1,
+                v: &v1,
+                start_pos: 9,
+                n_new: 1,
+                q_offset: 0,
+            },
+            AttnSeq {
+                k: &k2,
+                v: &v2,
+                start_pos: 0,
+                n_new: 4,
+                q_offset: 1,
+            },
         ];
         for window in [None, Some(3)] {
-            let out = attention(&q, stride, &seqs, heads, kv_heads, d, 0.25, window, heads * d + 4);
+            let out = attention(
+                &q,
+                stride,
+                &seqs,
+                heads,
+                kv_heads,
+                d,
+                0.25,
+                window,
+                heads * d + 4,
+            );
             for (row_i, (s, i)) in [(0, 0), (1, 0), (1, 1), (1, 2), (1, 3)].iter().enumerate() {
                 let seq = &seqs[*s];
                 let pos = seq.start_pos + i;
@@ -456,10 +516,15 @@ mod tests {
                     let want = naive(qv, seq.k, seq.v, row, (h / 2) * d, j0, pos, 0.25);
                     let got = &out[row_i * (heads * d + 4) + h * d..][..d];
                     for (a, b) in got.iter().zip(&want) {
-                        assert!((a - b).abs() < 1e-5, "window {window:?} row {row_i} head {h}: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "window {window:?} row {row_i} head {h}: {a} vs {b}"
+                        );
                     }
                 }
-                assert!(out[row_i * (heads * d + 4) + heads * d..][..4].iter().all(|&x| x == 0.0));
+                assert!(out[row_i * (heads * d + 4) + heads * d..][..4]
+                    .iter()
+                    .all(|&x| x == 0.0));
             }
         }
     }

@@ -136,10 +136,17 @@ impl ModelConfig {
                 "{num_heads} attention heads, {num_kv_heads} KV heads"
             )));
         }
-        let head_dim = metadata_usize(md, &key("attention.key_length")).unwrap_or(hidden_size / num_heads);
-        let rope_dim = metadata_usize(md, &key("rope.dimension_count")).unwrap_or(head_dim).min(head_dim);
+        let head_dim =
+            metadata_usize(md, &key("attention.key_length")).unwrap_or(hidden_size / num_heads);
+        let rope_dim = metadata_usize(md, &key("rope.dimension_count"))
+            .unwrap_or(head_dim)
+            .min(head_dim);
         let gemma = architecture == Architecture::Gemma3;
-        let default_eps = if architecture == Architecture::Llama { 1e-5 } else { 1e-6 };
+        let default_eps = if architecture == Architecture::Llama {
+            1e-5
+        } else {
+            1e-6
+        };
         let default_base = match architecture {
             Architecture::Llama => 10_000.0,
             _ => 1_000_000.0,
@@ -160,7 +167,8 @@ impl ModelConfig {
             num_kv_heads,
             head_dim,
             intermediate_size: metadata_usize(md, &key("feed_forward_length"))?,
-            rms_norm_eps: metadata_f64(md, &key("attention.layer_norm_rms_epsilon")).unwrap_or(default_eps) as f32,
+            rms_norm_eps: metadata_f64(md, &key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(default_eps) as f32,
             rope_dim,
             rope_base: metadata_f64(md, &key("rope.freq_base")).unwrap_or(default_base),
             rope_base_local: 10_000.0,
@@ -213,7 +221,12 @@ impl Proj {
         if fusable {
             Ok(Self::Fused(Linear::fused(parts)?))
         } else {
-            Ok(Self::Separate(parts.into_iter().map(Linear::single).collect::<Result<_, _>>()?))
+            Ok(Self::Separate(
+                parts
+                    .into_iter()
+                    .map(Linear::single)
+                    .collect::<Result<_, _>>()?,
+            ))
         }
     }
 
@@ -246,7 +259,11 @@ impl Proj {
                     let y = if l.k_pad == kp {
                         l.forward(x.clone())?
                     } else {
-                        l.forward(x.chunks_exact(kp).flat_map(|r| r[..k].iter().copied()).collect())?
+                        l.forward(
+                            x.chunks_exact(kp)
+                                .flat_map(|r| r[..k].iter().copied())
+                                .collect(),
+                        )?
                     };
                     for (r, yr) in y.chunks_exact(l.n).enumerate() {
                         out[r * n + col..r * n + col + l.n].copy_from_slice(yr);
@@ -304,7 +321,9 @@ impl Model {
         device: &Device,
     ) -> Result<Model, ModelError> {
         if !device.is_cpu() {
-            return Err(ModelError::Unsupported("only the CPU device is supported".into()));
+            return Err(ModelError::Unsupported(
+                "only the CPU device is supported".into(),
+            ));
         }
         let config = ModelConfig::from_gguf(content)?;
         let has = |name: &str| content.tensor_infos.contains_key(name);
@@ -314,7 +333,11 @@ impl Model {
         for i in 0..config.num_layers {
             let p = |s: &str| format!("blk.{i}.{s}");
             let mut t = |s: &str| read_tensor(content, reader, &p(s), device);
-            let qkv = Proj::new(vec![t("attn_q.weight")?, t("attn_k.weight")?, t("attn_v.weight")?])?;
+            let qkv = Proj::new(vec![
+                t("attn_q.weight")?,
+                t("attn_k.weight")?,
+                t("attn_v.weight")?,
+            ])?;
             let attn_output = Linear::single(t("attn_output.weight")?)?;
             let gate_up = Proj::new(vec![t("ffn_gate.weight")?, t("ffn_up.weight")?])?;
             let ffn_down = Linear::single(t("ffn_down.weight")?)?;
@@ -349,12 +372,22 @@ impl Model {
         } else {
             Linear::single(read_tensor(content, reader, "token_embd.weight", device)?)?
         };
-        let model = Model { config, embed, layers, output_norm, lm_head };
+        let model = Model {
+            config,
+            embed,
+            layers,
+            output_norm,
+            lm_head,
+        };
         model.check_shapes()?;
         // Warm-up: candle packs quantized weights into its SIMD layouts on first use (the
         // single-row and multi-row paths can differ, so run 2 tokens).
         let mut cache = model.new_kv_cache(2)?;
-        model.forward(&mut [SeqBatch { tokens: &[0, 0], cache: &mut cache, logits: LogitRows::Last }])?;
+        model.forward(&mut [SeqBatch {
+            tokens: &[0, 0],
+            cache: &mut cache,
+            logits: LogitRows::Last,
+        }])?;
         Ok(model)
     }
 
@@ -364,7 +397,8 @@ impl Model {
         let kv = c.num_kv_heads * c.head_dim;
         for (i, l) in self.layers.iter().enumerate() {
             let ok = l.qkv.n() == q + 2 * kv
-                && matches!(&l.qkv, Proj::Fused(f) if f.k == c.hidden_size) | matches!(&l.qkv, Proj::Separate(_))
+                && matches!(&l.qkv, Proj::Fused(f) if f.k == c.hidden_size)
+                    | matches!(&l.qkv, Proj::Separate(_))
                 && l.attn_output.k == q
                 && l.attn_output.n == c.hidden_size
                 && l.gate_up.n() == 2 * c.intermediate_size
@@ -415,7 +449,9 @@ impl Model {
         let mut rows = Vec::new();
         for s in batch.iter() {
             if s.tokens.is_empty() {
-                return Err(ModelError::InvalidBatch("a sequence has no new tokens".into()));
+                return Err(ModelError::InvalidBatch(
+                    "a sequence has no new tokens".into(),
+                ));
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
                 return Err(ModelError::InvalidBatch(format!(
@@ -425,7 +461,10 @@ impl Model {
             }
             let needed = s.cache.len() + s.tokens.len();
             if needed > s.cache.capacity() {
-                return Err(ModelError::CacheFull { needed, capacity: s.cache.capacity() });
+                return Err(ModelError::CacheFull {
+                    needed,
+                    capacity: s.cache.capacity(),
+                });
             }
             let start = ids.len();
             let n = s.tokens.len();
@@ -439,7 +478,11 @@ impl Model {
         }
         let total = ids.len();
         if total == 0 {
-            return Ok(Tensor::zeros((0, c.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
+            return Ok(Tensor::zeros(
+                (0, c.vocab_size),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
         }
 
         let ids_t = Tensor::new(ids.as_slice(), &Device::Cpu)?;
@@ -470,7 +513,11 @@ impl Model {
             for (i, r) in qkv.chunks_exact_mut(stride).enumerate() {
                 let (q, rest) = r.split_at_mut(q_w);
                 let (k, v) = rest.split_at_mut(kv_w);
-                for (dst, b) in [(&mut *q, &layer.q_bias), (&mut *k, &layer.k_bias), (&mut *v, &layer.v_bias)] {
+                for (dst, b) in [
+                    (&mut *q, &layer.q_bias),
+                    (&mut *k, &layer.k_bias),
+                    (&mut *v, &layer.v_bias),
+                ] {
                     if let Some(b) = b {
                         dst.iter_mut().zip(b).for_each(|(d, b)| *d += b);
                     }
@@ -540,7 +587,11 @@ impl Model {
             // MLP block.
             let h = kernels::rms_norm_rows(&x, &layer.ffn_norm, eps, hidden, layer.gate_up.k_pad());
             let gu = layer.gate_up.forward(h, hidden)?;
-            let act = if c.architecture == Architecture::Gemma3 { Activation::GeluTanh } else { Activation::Silu };
+            let act = if c.architecture == Architecture::Gemma3 {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            };
             let a = kernels::gated_act(&gu, c.intermediate_size, layer.ffn_down.k_pad, act);
             drop(gu);
             let mut d = layer.ffn_down.forward(a)?;
@@ -554,16 +605,29 @@ impl Model {
             s.cache.set_len(n);
         }
         if rows.is_empty() {
-            return Ok(Tensor::zeros((0, c.vocab_size), candle_core::DType::F32, &Device::Cpu)?);
+            return Ok(Tensor::zeros(
+                (0, c.vocab_size),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
         }
         let kp = self.lm_head.k_pad;
         let mut h = vec![0f32; rows.len() * kp];
         for (dst, &r) in h.chunks_exact_mut(kp).zip(&rows) {
             let r = r as usize;
-            kernels::rms_norm_row(&x[r * hidden..(r + 1) * hidden], &self.output_norm, eps, &mut dst[..hidden]);
+            kernels::rms_norm_row(
+                &x[r * hidden..(r + 1) * hidden],
+                &self.output_norm,
+                eps,
+                &mut dst[..hidden],
+            );
         }
         let logits = self.lm_head.forward(h)?;
-        Ok(Tensor::from_vec(logits, (rows.len(), self.lm_head.n), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            logits,
+            (rows.len(), self.lm_head.n),
+            &Device::Cpu,
+        )?)
     }
 }
 

@@ -59,12 +59,20 @@ impl PackedQ8 {
                 let base = (t * kb + b) * 512;
                 for g in 0..8 {
                     for j in 0..4 {
-                        qs[base + (g * TILE + rr) * 4 + j] = (blk[2 + g * 4 + j] as i8 as i16 + 128) as u8;
+                        qs[base + (g * TILE + rr) * 4 + j] =
+                            (blk[2 + g * 4 + j] as i8 as i16 + 128) as u8;
                     }
                 }
             }
         }
-        Self { n, k, kb, n_tiles, scales, qs }
+        Self {
+            n,
+            k,
+            kb,
+            n_tiles,
+            scales,
+            qs,
+        }
     }
 
     /// Bytes held.
@@ -81,7 +89,11 @@ impl PackedQ8 {
         let mut ad = vec![0f32; m * kb];
         let mut asum = vec![0f32; m * kb];
         {
-            let (pq, pd, ps) = (SharedMut(aq.as_mut_ptr() as *mut f32), SharedMut(ad.as_mut_ptr()), SharedMut(asum.as_mut_ptr()));
+            let (pq, pd, ps) = (
+                SharedMut(aq.as_mut_ptr() as *mut f32),
+                SharedMut(ad.as_mut_ptr()),
+                SharedMut(asum.as_mut_ptr()),
+            );
             let k = self.k;
             par_rows(m, k * 8, |range| {
                 for r in range {
@@ -132,7 +144,11 @@ impl PackedQ8 {
                     let cols = TILE.min(n - c0);
                     // SAFETY: each (row, tile) block is written by exactly one unit.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(row.as_ptr(), po.get().add((m0 + i) * n + c0), cols)
+                        std::ptr::copy_nonoverlapping(
+                            row.as_ptr(),
+                            po.get().add((m0 + i) * n + c0),
+                            cols,
+                        )
                     };
                 }
             }
@@ -192,7 +208,11 @@ mod vnni {
                 s1 = _mm512_dpbusd_epi32(s1, w7, bc(7));
                 let s = _mm512_add_epi32(s0, s1);
                 let f = _mm512_sub_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(asum[r * kb + b]));
-                acc[i] = _mm512_fmadd_ps(f, _mm512_mul_ps(scale, _mm512_set1_ps(ad[r * kb + b])), acc[i]);
+                acc[i] = _mm512_fmadd_ps(
+                    f,
+                    _mm512_mul_ps(scale, _mm512_set1_ps(ad[r * kb + b])),
+                    acc[i],
+                );
             }
         }
         for (r, a) in res.iter_mut().zip(&acc).take(mt) {

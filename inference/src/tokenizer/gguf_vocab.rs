@@ -17,7 +17,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
 
 use super::TokenizerError;
 
@@ -41,11 +43,15 @@ pub(crate) struct Built {
 }
 
 fn get<'a>(m: &'a HashMap<String, Value>, key: &str) -> Result<&'a Value, TokenizerError> {
-    m.get(key).ok_or_else(|| TokenizerError::MissingKey(key.to_string()))
+    m.get(key)
+        .ok_or_else(|| TokenizerError::MissingKey(key.to_string()))
 }
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> TokenizerError {
-    TokenizerError::InvalidMetadata { key: key.to_string(), reason: reason.to_string() }
+    TokenizerError::InvalidMetadata {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Any integer metadata value as i64.
@@ -63,7 +69,10 @@ fn as_i64(v: &Value) -> Option<i64> {
     })
 }
 
-pub(crate) fn opt_u32(m: &HashMap<String, Value>, key: &str) -> Result<Option<u32>, TokenizerError> {
+pub(crate) fn opt_u32(
+    m: &HashMap<String, Value>,
+    key: &str,
+) -> Result<Option<u32>, TokenizerError> {
     match m.get(key) {
         None => Ok(None),
         Some(v) => {
@@ -74,15 +83,23 @@ pub(crate) fn opt_u32(m: &HashMap<String, Value>, key: &str) -> Result<Option<u3
     }
 }
 
-pub(crate) fn opt_bool(m: &HashMap<String, Value>, key: &str) -> Result<Option<bool>, TokenizerError> {
+pub(crate) fn opt_bool(
+    m: &HashMap<String, Value>,
+    key: &str,
+) -> Result<Option<bool>, TokenizerError> {
     match m.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => as_i64(v).map(|i| Some(i != 0)).ok_or_else(|| invalid(key, "not a bool")),
+        Some(v) => as_i64(v)
+            .map(|i| Some(i != 0))
+            .ok_or_else(|| invalid(key, "not a bool")),
     }
 }
 
-pub(crate) fn opt_string(m: &HashMap<String, Value>, key: &str) -> Result<Option<String>, TokenizerError> {
+pub(crate) fn opt_string(
+    m: &HashMap<String, Value>,
+    key: &str,
+) -> Result<Option<String>, TokenizerError> {
     match m.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -97,26 +114,45 @@ fn string_array(m: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, To
         .collect()
 }
 
-fn int_array(m: &HashMap<String, Value>, key: &str, len: usize) -> Result<Option<Vec<i64>>, TokenizerError> {
+fn int_array(
+    m: &HashMap<String, Value>,
+    key: &str,
+    len: usize,
+) -> Result<Option<Vec<i64>>, TokenizerError> {
     let Some(v) = m.get(key) else { return Ok(None) };
     let v = v.to_vec().map_err(|e| invalid(key, e))?;
     if v.len() != len {
-        return Err(invalid(key, format!("length {} != token count {len}", v.len())));
+        return Err(invalid(
+            key,
+            format!("length {} != token count {len}", v.len()),
+        ));
     }
-    v.iter().map(|x| as_i64(x).ok_or_else(|| invalid(key, "not an integer"))).collect::<Result<Vec<_>, _>>().map(Some)
+    v.iter()
+        .map(|x| as_i64(x).ok_or_else(|| invalid(key, "not an integer")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
-fn float_array(m: &HashMap<String, Value>, key: &str, len: usize) -> Result<Option<Vec<f32>>, TokenizerError> {
+fn float_array(
+    m: &HashMap<String, Value>,
+    key: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>, TokenizerError> {
     let Some(v) = m.get(key) else { return Ok(None) };
     let v = v.to_vec().map_err(|e| invalid(key, e))?;
     if v.len() != len {
-        return Err(invalid(key, format!("length {} != token count {len}", v.len())));
+        return Err(invalid(
+            key,
+            format!("length {} != token count {len}", v.len()),
+        ));
     }
     v.iter()
         .map(|x| match x {
             Value::F32(f) => Ok(*f),
             Value::F64(f) => Ok(*f as f32),
-            other => as_i64(other).map(|i| i as f32).ok_or_else(|| invalid(key, "not a number")),
+            other => as_i64(other)
+                .map(|i| i as f32)
+                .ok_or_else(|| invalid(key, "not a number")),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -167,14 +203,21 @@ fn vocab_map(tokens: &[String]) -> Vocab {
     vocab
 }
 
-fn build_gpt2(m: &HashMap<String, Value>, tokens: Vec<String>, types: Vec<i64>) -> Result<Built, TokenizerError> {
+fn build_gpt2(
+    m: &HashMap<String, Value>,
+    tokens: Vec<String>,
+    types: Vec<i64>,
+) -> Result<Built, TokenizerError> {
     let pre = opt_string(m, "tokenizer.ggml.pre")?.unwrap_or_else(|| "default".to_string());
     let merges_raw = string_array(m, "tokenizer.ggml.merges")?;
     let mut merges = Vec::with_capacity(merges_raw.len());
     for (i, line) in merges_raw.iter().enumerate() {
-        let (a, b) = line
-            .split_once(' ')
-            .ok_or_else(|| invalid("tokenizer.ggml.merges", format!("entry {i} `{line}` has no space")))?;
+        let (a, b) = line.split_once(' ').ok_or_else(|| {
+            invalid(
+                "tokenizer.ggml.merges",
+                format!("entry {i} `{line}` has no space"),
+            )
+        })?;
         merges.push((a.to_string(), b.to_string()));
     }
     let vocab = vocab_map(&tokens);
@@ -182,9 +225,13 @@ fn build_gpt2(m: &HashMap<String, Value>, tokens: Vec<String>, types: Vec<i64>) 
     let byte_level_split = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true));
     let byte_level_only = || PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false));
     let split = |re: &str| -> Result<PreTokenizerWrapper, TokenizerError> {
-        Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map(PreTokenizerWrapper::Split)
-            .map_err(TokenizerError::hf)
+        Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(PreTokenizerWrapper::Split)
+        .map_err(TokenizerError::hf)
     };
 
     let mut normalizer: Option<NormalizerWrapper> = None;
@@ -193,12 +240,18 @@ fn build_gpt2(m: &HashMap<String, Value>, tokens: Vec<String>, types: Vec<i64>) 
     let pre_tok = match pre.as_str() {
         "qwen2" => {
             normalizer = Some(NormalizerWrapper::NFC(NFC));
-            PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(QWEN2_REGEX)?, byte_level_only()]))
+            PreTokenizerWrapper::Sequence(PreSequence::new(vec![
+                split(QWEN2_REGEX)?,
+                byte_level_only(),
+            ]))
         }
         "llama3" | "llama-bpe" | "llama-v3" => {
             ignore_merges = true;
             default_add_bos = true;
-            PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(LLAMA3_REGEX)?, byte_level_only()]))
+            PreTokenizerWrapper::Sequence(PreSequence::new(vec![
+                split(LLAMA3_REGEX)?,
+                byte_level_only(),
+            ]))
         }
         // llama.cpp: a single-digit split followed by the GPT-2 regex.
         "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva-7b" => {
@@ -209,7 +262,10 @@ fn build_gpt2(m: &HashMap<String, Value>, tokens: Vec<String>, types: Vec<i64>) 
         }
         "default" | "gpt2" | "gpt-2" => byte_level_split(),
         other => {
-            tracing::warn!(pre = other, "unknown tokenizer.ggml.pre; using the GPT-2 split regex");
+            tracing::warn!(
+                pre = other,
+                "unknown tokenizer.ggml.pre; using the GPT-2 split regex"
+            );
             byte_level_split()
         }
     };
@@ -222,13 +278,22 @@ fn build_gpt2(m: &HashMap<String, Value>, tokens: Vec<String>, types: Vec<i64>) 
     let mut hf = tokenizers::Tokenizer::new(bpe);
     hf.with_normalizer(normalizer);
     hf.with_pre_tokenizer(Some(pre_tok));
-    hf.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, false, false))));
+    hf.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+        false, false, false,
+    ))));
     add_added_tokens(&mut hf, &tokens, &types);
-    Ok(Built { hf, default_add_bos })
+    Ok(Built {
+        hf,
+        default_add_bos,
+    })
 }
 
 /// SentencePiece vocabulary as a byte-fallback BPE (merges ranked by token score).
-fn build_spm(m: &HashMap<String, Value>, mut tokens: Vec<String>, types: Vec<i64>) -> Result<Built, TokenizerError> {
+fn build_spm(
+    m: &HashMap<String, Value>,
+    mut tokens: Vec<String>,
+    types: Vec<i64>,
+) -> Result<Built, TokenizerError> {
     let scores = float_array(m, "tokenizer.ggml.scores", tokens.len())?
         .unwrap_or_else(|| (0..tokens.len()).map(|i| -(i as f32)).collect());
     let add_space_prefix = opt_bool(m, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
@@ -245,7 +310,10 @@ fn build_spm(m: &HashMap<String, Value>, mut tokens: Vec<String>, types: Vec<i64
         .and_then(|i| tokens.get(i as usize).cloned())
         .filter(|t| vocab.contains_key(t));
 
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
     if let Some(u) = unk {
         builder = builder.unk_token(u);
     }
@@ -271,15 +339,23 @@ fn build_spm(m: &HashMap<String, Value>, mut tokens: Vec<String>, types: Vec<i64
     if add_space_prefix {
         decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
     }
-    hf.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(decoders))));
+    hf.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+        decoders,
+    ))));
     add_added_tokens(&mut hf, &tokens, &types);
-    Ok(Built { hf, default_add_bos: true })
+    Ok(Built {
+        hf,
+        default_add_bos: true,
+    })
 }
 
 /// Whether a user-defined token is a whitespace run that SentencePiece builds by merging
 /// (runs of `▁`, newlines or tabs); such runs are merged before any normal piece.
 fn is_whitespace_run(tok: &str) -> bool {
-    tok.chars().count() > 1 && tok.chars().all(|c| matches!(c, SPM_SPACE | '\n' | '\t' | '\r'))
+    tok.chars().count() > 1
+        && tok
+            .chars()
+            .all(|c| matches!(c, SPM_SPACE | '\n' | '\t' | '\r'))
 }
 
 /// Derives BPE merges from a SentencePiece vocabulary: for every normal piece (and every
@@ -337,7 +413,10 @@ mod tests {
 
     #[test]
     fn merges_ranked_by_score() {
-        let toks: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let toks: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let types = vec![1; 6];
         let scores = vec![0.0, 0.0, 0.0, -5.0, -1.0, -2.0];
         let vocab = vocab_map(&toks);
@@ -348,7 +427,10 @@ mod tests {
 
     #[test]
     fn whitespace_runs_first() {
-        let toks: Vec<String> = ["▁", "x", "▁x", "▁▁"].iter().map(|s| s.to_string()).collect();
+        let toks: Vec<String> = ["▁", "x", "▁x", "▁▁"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let types = vec![1, 1, 1, 4];
         let scores = vec![0.0, 0.0, -1.0, -1000.0];
         let vocab = vocab_map(&toks);

@@ -127,13 +127,17 @@ impl Tokenizer {
     ) -> Result<Self, TokenizerError> {
         let vocab_size = hf.get_vocab_size(true);
         let in_vocab = |id: u32| (id as usize) < vocab_size;
-        let bos_id = gguf_vocab::opt_u32(metadata, "tokenizer.ggml.bos_token_id")?.filter(|&i| in_vocab(i));
-        let eos_id = gguf_vocab::opt_u32(metadata, "tokenizer.ggml.eos_token_id")?.filter(|&i| in_vocab(i));
-        let eot_id = gguf_vocab::opt_u32(metadata, "tokenizer.ggml.eot_token_id")?.filter(|&i| in_vocab(i));
+        let bos_id =
+            gguf_vocab::opt_u32(metadata, "tokenizer.ggml.bos_token_id")?.filter(|&i| in_vocab(i));
+        let eos_id =
+            gguf_vocab::opt_u32(metadata, "tokenizer.ggml.eos_token_id")?.filter(|&i| in_vocab(i));
+        let eot_id =
+            gguf_vocab::opt_u32(metadata, "tokenizer.ggml.eot_token_id")?.filter(|&i| in_vocab(i));
         let add_bos = gguf_vocab::opt_bool(metadata, "tokenizer.ggml.add_bos_token")?
             .unwrap_or(default_add_bos)
             && bos_id.is_some();
-        let add_eos = gguf_vocab::opt_bool(metadata, "tokenizer.ggml.add_eos_token")?.unwrap_or(false)
+        let add_eos = gguf_vocab::opt_bool(metadata, "tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false)
             && eos_id.is_some();
 
         let mut eos_ids: Vec<u32> = Vec::new();
@@ -187,7 +191,10 @@ impl Tokenizer {
     /// Errors: [`TokenizerError::Hf`] if the HF library fails on the input.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let inner = &self.inner;
-        let enc = inner.hf.encode_fast(text, false).map_err(TokenizerError::hf)?;
+        let enc = inner
+            .hf
+            .encode_fast(text, false)
+            .map_err(TokenizerError::hf)?;
         let body = enc.get_ids();
         let mut ids = Vec::with_capacity(body.len() + 2);
         if add_bos && inner.add_bos {
@@ -211,9 +218,15 @@ impl Tokenizer {
     /// [`TokenizerError::Hf`] if the HF decoder fails.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.inner.vocab_size) {
-            return Err(TokenizerError::IdOutOfRange { id, vocab_size: self.inner.vocab_size });
+            return Err(TokenizerError::IdOutOfRange {
+                id,
+                vocab_size: self.inner.vocab_size,
+            });
         }
-        self.inner.hf.decode(ids, skip_special_tokens).map_err(TokenizerError::hf)
+        self.inner
+            .hf
+            .decode(ids, skip_special_tokens)
+            .map_err(TokenizerError::hf)
     }
 
     /// The text of one token as shown in logprobs (lossy for partial UTF-8 bytes). Special
@@ -297,8 +310,14 @@ mod tests {
             types.push(6);
             scores.push(0.0);
         }
-        let normal = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "llo", "▁hello", "he", "hello", "▁w", "or", "▁wor", "▁world", "ld"];
-        let score_of = [-1.0f32, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0, -10.0, -11.0, -12.0, -13.0, -14.0, -15.0, -16.0, -17.0, -18.0, -30.0];
+        let normal = [
+            "▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "llo", "▁hello", "he", "hello",
+            "▁w", "or", "▁wor", "▁world", "ld",
+        ];
+        let score_of = [
+            -1.0f32, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -9.0, -10.0, -11.0, -12.0, -13.0,
+            -14.0, -15.0, -16.0, -17.0, -18.0, -30.0,
+        ];
         for (t, sc) in normal.iter().zip(score_of) {
             toks.push((*t).to_string());
             types.push(1);
@@ -324,7 +343,10 @@ mod tests {
     fn spm_merges_follow_scores_and_bos() {
         let t = Tokenizer::from_gguf(&spm_meta()).expect("build");
         let ids = t.encode("hello world", true).expect("encode");
-        let toks: Vec<String> = ids.iter().map(|&i| t.hf().id_to_token(i).unwrap_or_default()).collect();
+        let toks: Vec<String> = ids
+            .iter()
+            .map(|&i| t.hf().id_to_token(i).unwrap_or_default())
+            .collect();
         assert_eq!(toks, ["<s>", "hello", "▁world"]);
         assert_eq!(t.decode(&ids, true).expect("decode"), "hello world");
         assert_eq!(t.decode(&ids, false).expect("decode"), "<s>hello world");
@@ -379,7 +401,10 @@ mod tests {
     #[test]
     fn out_of_range_id_is_an_error() {
         let t = Tokenizer::from_gguf(&spm_meta()).expect("build");
-        assert!(matches!(t.decode(&[1_000_000], true), Err(TokenizerError::IdOutOfRange { .. })));
+        assert!(matches!(
+            t.decode(&[1_000_000], true),
+            Err(TokenizerError::IdOutOfRange { .. })
+        ));
         assert_eq!(t.token_text(1_000_000), "");
     }
 
@@ -387,9 +412,15 @@ mod tests {
     fn missing_tokens_key_is_an_error() {
         let mut m = spm_meta();
         m.remove("tokenizer.ggml.tokens");
-        assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::MissingKey(_))));
+        assert!(matches!(
+            Tokenizer::from_gguf(&m),
+            Err(TokenizerError::MissingKey(_))
+        ));
         let mut m = spm_meta();
         m.insert("tokenizer.ggml.model".into(), s("rwkv"));
-        assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::UnsupportedModel(_))));
+        assert!(matches!(
+            Tokenizer::from_gguf(&m),
+            Err(TokenizerError::UnsupportedModel(_))
+        ));
     }
 }

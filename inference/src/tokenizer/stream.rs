@@ -29,7 +29,12 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// A decoder with no tokens yet. `Tokenizer` is cheap to clone (Arc inside).
     pub fn new(tokenizer: Tokenizer) -> Self {
-        StreamDecoder { tokenizer, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+        StreamDecoder {
+            tokenizer,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
     }
 
     /// Adds one generated token; returns the newly completed text (may be empty).
@@ -38,14 +43,21 @@ impl StreamDecoder {
     /// not recorded), [`TokenizerError::Hf`] if decoding fails.
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
         if id as usize >= self.tokenizer.vocab_size() {
-            return Err(TokenizerError::IdOutOfRange { id, vocab_size: self.tokenizer.vocab_size() });
+            return Err(TokenizerError::IdOutOfRange {
+                id,
+                vocab_size: self.tokenizer.vocab_size(),
+            });
         }
         if self.tokenizer.is_special(id) {
             return Ok(String::new());
         }
         self.ids.push(id);
-        let prefix_text = self.tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
-        let new_text = self.tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
+        let prefix_text = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let new_text = self
+            .tokenizer
+            .decode(&self.ids[self.prefix_offset..], true)?;
         if new_text.len() <= prefix_text.len() || new_text.ends_with(REPLACEMENT) {
             return Ok(String::new());
         }
@@ -69,11 +81,17 @@ impl StreamDecoder {
         }
         let window = &self.ids[self.prefix_offset..];
         let prefix = &self.ids[self.prefix_offset..self.read_offset];
-        let (Ok(prefix_text), Ok(new_text)) = (self.tokenizer.decode(prefix, true), self.tokenizer.decode(window, true)) else {
+        let (Ok(prefix_text), Ok(new_text)) = (
+            self.tokenizer.decode(prefix, true),
+            self.tokenizer.decode(window, true),
+        ) else {
             return String::new();
         };
         let out = if new_text.starts_with(prefix_text.as_str()) {
-            new_text.get(prefix_text.len()..).unwrap_or_default().to_string()
+            new_text
+                .get(prefix_text.len()..)
+                .unwrap_or_default()
+                .to_string()
         } else {
             new_text
         };
