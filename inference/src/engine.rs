@@ -576,13 +576,13 @@ impl Worker {
         seq.generated.push(id);
         let is_eos = !seq.req.ignore_eos && self.tokenizer.eos_token_ids().contains(&id);
         if is_eos || seq.req.stop_token_ids.contains(&id) {
+            // The end token counts in usage (as in vLLM) but is not part of the text, so it is
+            // not reported among the tokens either.
             let (text, _) = drain_text(&mut seq.decoder, &mut seq.stop);
-            let tokens = vec![GeneratedToken {
-                id,
-                text: self.tokenizer.token_text(id),
-                logprob,
-            }];
-            let _ = seq.events.send(Event::Delta { text, tokens });
+            let _ = seq.events.send(Event::Delta {
+                text,
+                tokens: Vec::new(),
+            });
             return Some(FinishReason::Stop);
         }
         let piece = match seq.decoder.push(id) {
@@ -634,8 +634,9 @@ impl Worker {
 /// At the end of generation: the detokenizer's held-back text, run through the stop matcher, plus
 /// whatever the matcher held back. Returns the text and whether a stop string matched in it.
 fn drain_text(decoder: &mut StreamDecoder, stop: &mut StopMatcher) -> (String, bool) {
+    // Bytes of a character cut off by the end of generation are dropped, never sent as U+FFFD.
     let tail = decoder.finish();
-    let out = stop.push(&tail);
+    let out = stop.push(tail.trim_end_matches('\u{FFFD}'));
     if out.stopped {
         return (out.emit, true);
     }

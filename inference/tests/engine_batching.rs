@@ -229,3 +229,29 @@ fn prompt_logprobs_cover_every_prompt_token() {
         other => panic!("expected Finished, got {other:?}"),
     }
 }
+
+#[test]
+fn character_cut_by_max_tokens_is_dropped_not_replaced() {
+    // llama.cpp's 32 greedy tokens for this prompt on SmolLM2 end inside a multi-byte character
+    // (see shared/data/reference); every max_tokens up to 32 must give clean text.
+    let e = engine("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (full, _, _) = collect(
+        e.submit(request(&e, PROMPTS[2], 32, greedy()))
+            .expect("submit"),
+    );
+    for max_tokens in [29, 30, 31, 32] {
+        let (text, ids, _) = collect(
+            e.submit(request(&e, PROMPTS[2], max_tokens, greedy()))
+                .expect("submit"),
+        );
+        assert_eq!(ids.len(), max_tokens);
+        assert!(
+            !text.contains('\u{FFFD}'),
+            "max_tokens {max_tokens}: {text:?}"
+        );
+        assert!(
+            full.starts_with(&text),
+            "{text:?} is not a prefix of {full:?}"
+        );
+    }
+}

@@ -312,11 +312,14 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
             ))
         }
     };
-    Ok(if req.logprobs.unwrap_or(false) {
-        Some(top)
-    } else {
-        None
-    })
+    let want = req.logprobs.unwrap_or(false);
+    if !want && req.top_logprobs.is_some_and(|k| k > 0) {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` requires `logprobs: true`.",
+        ));
+    }
+    Ok(want.then_some(top))
 }
 
 /// `response_format`: only absent, null or `{"type": "text"}`.
@@ -682,8 +685,10 @@ mod tests {
             .unwrap(),
             Some(3)
         );
+        let e = chat_logprobs(&chat(json!({"messages": [], "top_logprobs": 3}))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
         assert_eq!(
-            chat_logprobs(&chat(json!({"messages": [], "top_logprobs": 3}))).unwrap(),
+            chat_logprobs(&chat(json!({"messages": [], "top_logprobs": 0}))).unwrap(),
             None
         );
         let e = chat_logprobs(&chat(
