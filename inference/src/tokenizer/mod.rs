@@ -82,6 +82,24 @@ pub struct Tokenizer {
     inner: Arc<Inner>,
 }
 
+/// Inverse of GPT-2's byte-to-character table (byte-level BPE): printable Latin-1 bytes
+/// (`!`..=`~`, `¡`..=`¬`, `®`..=`ÿ`) stand for themselves; the other 68 bytes, in order, are
+/// written as U+0100 + their rank.
+fn gpt2_char_to_byte(c: char) -> Option<u8> {
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
+    let cp = c as u32;
+    if cp <= 0xff {
+        return printable(cp).then_some(cp as u8);
+    }
+    let rank = cp.checked_sub(0x100)?;
+    (0u32..=0xff)
+        .filter(|&b| !printable(b))
+        .nth(rank as usize)
+        .map(|b| b as u8)
+}
+
 /// End-of-turn token strings that end generation when present in the vocabulary.
 const END_OF_TURN_TOKENS: &[&str] = &[
     "<|im_end|>",
@@ -239,6 +257,42 @@ impl Tokenizer {
             Ok(s) => s,
             Err(_) => self.inner.hf.id_to_token(id).unwrap_or_default(),
         }
+    }
+
+    /// The exact bytes of one token (for logprobs' `bytes`): a token holding part of a UTF-8
+    /// character gives those raw bytes, not U+FFFD. Byte-level BPE pieces are mapped back through
+    /// GPT-2's byte-to-character table, SentencePiece `<0xNN>` pieces give that byte and `▁` a
+    /// space; added and special tokens give their text. Unknown ids give no bytes.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let hf = &self.inner.hf;
+        let Some(piece) = hf.id_to_token(id) else {
+            return Vec::new();
+        };
+        if self.is_special(id) {
+            return piece.into_bytes();
+        }
+        if hf.get_added_tokens_decoder().contains_key(&id) {
+            // User-defined pieces (e.g. Gemma's runs of spaces) are stored with `▁` for space.
+            return piece.replace('\u{2581}', " ").into_bytes();
+        }
+        if let Some(b) = piece
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .filter(|h| h.len() == 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            return vec![b];
+        }
+        if matches!(
+            hf.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        ) {
+            let bytes: Option<Vec<u8>> = piece.chars().map(gpt2_char_to_byte).collect();
+            if let Some(bytes) = bytes {
+                return bytes;
+            }
+        }
+        piece.replace('\u{2581}', " ").into_bytes()
     }
 
     /// Number of token ids (including added/special tokens).

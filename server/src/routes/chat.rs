@@ -40,14 +40,14 @@ pub fn token_logprob(tok: &GeneratedToken, tokenizer: &Tokenizer) -> Option<Chat
     Some(ChatTokenLogprob {
         token: tok.text.clone(),
         logprob: lp.logprob,
-        bytes: tok.text.as_bytes().to_vec(),
+        bytes: tokenizer.token_bytes(tok.id),
         top_logprobs: lp
             .top
             .iter()
             .map(|&(id, logprob)| {
                 let token = tokenizer.token_text(id);
                 TopLogprob {
-                    bytes: token.as_bytes().to_vec(),
+                    bytes: tokenizer.token_bytes(id),
                     token,
                     logprob,
                 }
