@@ -89,6 +89,13 @@ async fn models_and_health() {
     let body: Value = r.json().await.unwrap();
     assert_error(status, &body, 404, Some("model"));
     assert_eq!(body["error"]["code"], "model_not_found");
+    // A percent-encoded id that is not UTF-8 still gets OpenAI's error JSON.
+    let r = reqwest::get(format!("{}/v1/models/%ff", s.base))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_error(status, &body, 404, Some("model"));
     let r = reqwest::get(format!("{}/health", s.base)).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }

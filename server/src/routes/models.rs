@@ -1,5 +1,6 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use govlm_inference::engine::EngineHandle;
@@ -29,11 +30,15 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
-/// One model; 404 `model_not_found` for an unknown id.
+/// One model; 404 `model_not_found` for an unknown id (also one that is not valid UTF-8 once
+/// percent-decoded, which axum's `Path` would answer in plain text).
 pub async fn get_model(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelObject>, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::model_not_found("<invalid UTF-8>"));
+    };
     state
         .models
         .get(&id)
