@@ -4,26 +4,11 @@
 //! the check here is exact equality, not a tolerance. Run on all three architectures, with the
 //! other rows including a long prefill (more than 32 rows) and single-token decodes.
 
-use std::fs::File;
-use std::path::PathBuf;
+mod common;
 
-use candle_core::quantized::gguf_file;
-use candle_core::Device;
-use govlm_inference::model::{LogitRows, Model, SeqBatch};
+use govlm_inference::model::{LogitRows, SeqBatch};
 
-fn load(file: &str) -> Model {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(file);
-    assert!(
-        p.is_file(),
-        "model file {} is missing: run `make models` first",
-        p.display()
-    );
-    let mut f = File::open(&p).expect("open model");
-    let content = gguf_file::Content::read(&mut f).expect("read GGUF");
-    Model::load(&content, &mut f, &Device::Cpu).expect("load model")
-}
+use common::load_model as load;
 
 fn row(t: candle_core::Tensor, i: usize) -> Vec<f32> {
     t.get(i).expect("row").to_vec1::<f32>().expect("logits")

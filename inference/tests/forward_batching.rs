@@ -3,24 +3,12 @@
 //! run alone, and a prompt prefilled in 2 chunks gives the same logits as one-shot prefill.
 //! Tolerance: |a - b| <= 1e-4 * max(1, |b|) per logit.
 
-use std::fs::File;
-use std::path::PathBuf;
+mod common;
 
-use candle_core::quantized::gguf_file;
-use candle_core::Device;
 use govlm_inference::model::{LogitRows, Model, SeqBatch};
 
 fn load() -> Model {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "model file {} is missing: run `make models` first",
-        p.display()
-    );
-    let mut f = File::open(&p).expect("open model");
-    let content = gguf_file::Content::read(&mut f).expect("read GGUF");
-    Model::load(&content, &mut f, &Device::Cpu).expect("load model")
+    common::load_model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn rows(t: candle_core::Tensor) -> Vec<Vec<f32>> {

@@ -21,30 +21,14 @@
 //!   is checked by the llama.cpp greedy ids only.
 
 use std::fs::File;
-use std::path::PathBuf;
+
+mod common;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use govlm_inference::model::{LogitRows, Model, SeqBatch};
 
-fn model_path(file: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(file);
-    assert!(
-        p.is_file(),
-        "model file {} is missing: run `make models` first",
-        p.display()
-    );
-    p
-}
-
-fn load(file: &str) -> Model {
-    let path = model_path(file);
-    let mut f = File::open(&path).expect("open model file");
-    let content = gguf_file::Content::read(&mut f).expect("read GGUF");
-    Model::load(&content, &mut f, &Device::Cpu).expect("load model")
-}
+use common::{load_model as load, model_path};
 
 struct Case {
     prompt: String,
