@@ -193,25 +193,33 @@ fn our_last_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     t.squeeze(0).and_then(|r| r.to_vec1()).expect("row")
 }
 
+/// Last-row logits of a candle-transformers reference model on the same file and prompt.
+fn reference_last_row(
+    file: &str,
+    ids: &[u32],
+    forward: impl FnOnce(gguf_file::Content, &mut File, &Tensor) -> Tensor,
+) -> Vec<f32> {
+    let mut f = File::open(model_path(file)).expect("open");
+    let content = gguf_file::Content::read(&mut f).expect("gguf");
+    let input = Tensor::new(ids, &Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
+    forward(content, &mut f, &input)
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("reference row")
+}
+
 #[test]
 fn logits_vs_candle_quantized_llama() {
     use candle_transformers::models::quantized_llama::ModelWeights;
     let file = "SmolLM2-135M-Instruct.Q4_1.gguf";
     let ids = cases(file).remove(0).prompt_ids;
     let ours = our_last_logits(&load(file), &ids);
-    let path = model_path(file);
-    let mut f = File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut f).expect("gguf");
-    let mut reference =
-        ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .expect("input");
-    let r = reference.forward(&input, 0).expect("reference forward");
-    let r: Vec<f32> = r
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .expect("reference row");
+    let r = reference_last_row(file, &ids, |content, f, input| {
+        let mut m = ModelWeights::from_gguf(content, f, &Device::Cpu).expect("reference model");
+        m.forward(input, 0).expect("reference forward")
+    });
     compare_last_row(&ours, &r, file, 0.05);
 }
 
@@ -221,18 +229,9 @@ fn logits_vs_candle_quantized_qwen2() {
     let file = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
     let ids = cases(file).remove(0).prompt_ids;
     let ours = our_last_logits(&load(file), &ids);
-    let path = model_path(file);
-    let mut f = File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut f).expect("gguf");
-    let mut reference =
-        ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("reference model");
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .and_then(|t| t.unsqueeze(0))
-        .expect("input");
-    let r = reference.forward(&input, 0).expect("reference forward");
-    let r: Vec<f32> = r
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .expect("reference row");
+    let r = reference_last_row(file, &ids, |content, f, input| {
+        let mut m = ModelWeights::from_gguf(content, f, &Device::Cpu).expect("reference model");
+        m.forward(input, 0).expect("reference forward")
+    });
     compare_last_row(&ours, &r, file, 0.03);
 }
