@@ -376,29 +376,22 @@ fn bos_eos_and_special_tokens() {
 /// (which split Chinese characters across tokens) they rebuild the decoded text byte for byte.
 #[test]
 fn token_bytes_rebuild_the_text_exactly() {
-    for (file, _) in [
-        ("SmolLM2-135M-Instruct.Q4_1.gguf", ()),
-        ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", ()),
-        ("gemma-3-270m-q4_k_m.gguf", ()),
-    ] {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../models")
-            .join(file);
-        let mut f = std::fs::File::open(&path).expect("model file: run `make models` first");
-        let content = candle_core::quantized::gguf_file::Content::read(&mut f).expect("gguf");
-        let tok =
-            govlm_inference::tokenizer::Tokenizer::from_gguf(&content.metadata).expect("tokenizer");
-        let refs = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/reference/llama_cpp_greedy.jsonl"
-        ))
-        .expect("reference file");
-        for line in refs.lines().filter(|l| l.contains(file)) {
-            let v: serde_json::Value = serde_json::from_str(line).expect("json");
-            let ids: Vec<u32> = serde_json::from_value(v["output_token_ids"].clone()).expect("ids");
-            let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id)).collect();
-            let text = tok.decode(&ids, false).expect("decode");
-            assert_eq!(String::from_utf8_lossy(&bytes), text, "{file}: {ids:?}");
+    let lines = reference_lines();
+    for file in [SMOLLM, QWEN, GEMMA] {
+        let tok = gguf_tokenizer(file);
+        for line in lines.iter().filter(|l| l.model_file == file) {
+            let bytes: Vec<u8> = line
+                .output_ids
+                .iter()
+                .flat_map(|&id| tok.token_bytes(id))
+                .collect();
+            let text = tok.decode(&line.output_ids, false).expect("decode");
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                text,
+                "{file}: {:?}",
+                line.prompt
+            );
         }
     }
 }

@@ -114,11 +114,15 @@ fn string_array(m: &HashMap<String, Value>, key: &str) -> Result<Vec<String>, To
         .collect()
 }
 
-fn int_array(
+/// An optional per-token array of `key` (one entry per vocabulary token), each value converted by
+/// `conv`; errors name the key when the length or a value is wrong.
+fn per_token_array<T>(
     m: &HashMap<String, Value>,
     key: &str,
     len: usize,
-) -> Result<Option<Vec<i64>>, TokenizerError> {
+    conv: impl Fn(&Value) -> Option<T>,
+    what: &str,
+) -> Result<Option<Vec<T>>, TokenizerError> {
     let Some(v) = m.get(key) else { return Ok(None) };
     let v = v.to_vec().map_err(|e| invalid(key, e))?;
     if v.len() != len {
@@ -128,9 +132,17 @@ fn int_array(
         ));
     }
     v.iter()
-        .map(|x| as_i64(x).ok_or_else(|| invalid(key, "not an integer")))
+        .map(|x| conv(x).ok_or_else(|| invalid(key, what)))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+fn int_array(
+    m: &HashMap<String, Value>,
+    key: &str,
+    len: usize,
+) -> Result<Option<Vec<i64>>, TokenizerError> {
+    per_token_array(m, key, len, as_i64, "not an integer")
 }
 
 fn float_array(
@@ -138,24 +150,12 @@ fn float_array(
     key: &str,
     len: usize,
 ) -> Result<Option<Vec<f32>>, TokenizerError> {
-    let Some(v) = m.get(key) else { return Ok(None) };
-    let v = v.to_vec().map_err(|e| invalid(key, e))?;
-    if v.len() != len {
-        return Err(invalid(
-            key,
-            format!("length {} != token count {len}", v.len()),
-        ));
-    }
-    v.iter()
-        .map(|x| match x {
-            Value::F32(f) => Ok(*f),
-            Value::F64(f) => Ok(*f as f32),
-            other => as_i64(other)
-                .map(|i| i as f32)
-                .ok_or_else(|| invalid(key, "not a number")),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    let to_f32 = |x: &Value| match x {
+        Value::F32(f) => Some(*f),
+        Value::F64(f) => Some(*f as f32),
+        other => as_i64(other).map(|i| i as f32),
+    };
+    per_token_array(m, key, len, to_f32, "not a number")
 }
 
 /// Builds a HF tokenizer from GGUF metadata.
