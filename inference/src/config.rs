@@ -14,6 +14,13 @@
 //! context_length = 32768      # tokens; at most the model's trained context
 //! device = "cpu"              # or "cuda:0"
 //! max_waiting = 64            # requests queued beyond this get 429
+//! # Scheduler and KV cache (defaults depend on the device; see `SchedulerConfig`):
+//! kv_cache_memory = "2GiB"    # KV pool size: bytes ("512MiB", "2GiB", 1073741824) or "25%"
+//!                             # of available memory at startup
+//! block_size = 16             # tokens per KV block
+//! max_num_seqs = 64           # sequences running at once
+//! max_batch_tokens = 256      # tokens per forward step (decodes + prefill chunks)
+//! prefix_caching = true       # reuse KV blocks of identical prompt prefixes
 //! ```
 //!
 //! Relative paths are resolved against the directory holding `models.toml`. Unknown keys, missing
@@ -92,6 +99,103 @@ pub struct ModelSpec {
     /// Requests waiting beyond this many get HTTP 429.
     #[serde(default = "default_max_waiting")]
     pub max_waiting: usize,
+    /// KV pool size: bytes (`"2GiB"`, `"512MiB"`, `1073741824`) or a share of available memory
+    /// (`"25%"`).
+    pub kv_cache_memory: Option<toml::Value>,
+    /// Tokens per KV block.
+    pub block_size: Option<usize>,
+    /// Most sequences running at once.
+    pub max_num_seqs: Option<usize>,
+    /// Most tokens (decodes + prefill chunks) in one forward step.
+    pub max_batch_tokens: Option<usize>,
+    /// Reuse KV blocks of identical prompt prefixes.
+    pub prefix_caching: Option<bool>,
+}
+
+/// Size of the KV pool.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KvMemory {
+    Bytes(u64),
+    /// Fraction (0, 1] of the memory available when the model loads (CPU: `MemAvailable`).
+    Fraction(f64),
+}
+
+/// Scheduling and KV-cache limits of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub kv_cache_memory: KvMemory,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Most tokens in one forward step; a prompt is prefilled in chunks of at most this.
+    pub max_batch_tokens: usize,
+    pub prefix_caching: bool,
+}
+
+impl SchedulerConfig {
+    /// Defaults: CPU 2 GiB pool, 64 sequences, 256 tokens a step (a step of 256 prompt tokens
+    /// takes about 1.5 s for the 0.5B default model on 2 cores, which bounds how long a prefill
+    /// can stall others' decodes); CUDA 50% of free memory, 256 sequences, 4096 tokens a step.
+    pub fn defaults_for(device: DeviceSpec) -> Self {
+        match device {
+            DeviceSpec::Cpu => Self {
+                kv_cache_memory: KvMemory::Bytes(2 << 30),
+                block_size: 16,
+                max_num_seqs: 64,
+                max_batch_tokens: 256,
+                prefix_caching: true,
+            },
+            DeviceSpec::Cuda(_) => Self {
+                kv_cache_memory: KvMemory::Fraction(0.5),
+                block_size: 16,
+                max_num_seqs: 256,
+                max_batch_tokens: 4096,
+                prefix_caching: true,
+            },
+        }
+    }
+}
+
+/// Parses `"2GiB"`, `"512 MiB"`, `"1GB"`, `"1048576"`, an integer, or `"25%"`.
+pub fn parse_kv_memory(value: &toml::Value) -> Result<KvMemory, String> {
+    let bad = || {
+        format!(
+            "`kv_cache_memory` must be a size such as \"2GiB\" or \"512MiB\", a byte count, or a share such as \"25%\"; got {value}"
+        )
+    };
+    let text = match value {
+        toml::Value::Integer(n) if *n > 0 => return Ok(KvMemory::Bytes(*n as u64)),
+        toml::Value::String(s) => s.trim().to_string(),
+        _ => return Err(bad()),
+    };
+    if let Some(p) = text.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(format!("`kv_cache_memory` share must be in (0, 100]%, got {text}"));
+        }
+        return Ok(KvMemory::Fraction(p / 100.0));
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let num: f64 = num.parse().map_err(|_| bad())?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = num * mult;
+    if !(bytes >= 1.0 && bytes < 1e15) {
+        return Err(bad());
+    }
+    Ok(KvMemory::Bytes(bytes as u64))
 }
 
 fn default_source() -> String {
@@ -115,6 +219,7 @@ pub struct ResolvedModel {
     pub context_length: Option<usize>,
     pub device: DeviceSpec,
     pub max_waiting: usize,
+    pub scheduler: SchedulerConfig,
 }
 
 impl ServeConfig {
@@ -215,6 +320,40 @@ impl ModelSpec {
         if self.max_waiting == 0 {
             return Err(invalid("`max_waiting` must be at least 1".into()));
         }
+        let mut scheduler = SchedulerConfig::defaults_for(device);
+        if let Some(v) = &self.kv_cache_memory {
+            scheduler.kv_cache_memory = parse_kv_memory(v).map_err(invalid)?;
+        }
+        for (key, value, slot) in [
+            ("block_size", self.block_size, &mut scheduler.block_size),
+            ("max_num_seqs", self.max_num_seqs, &mut scheduler.max_num_seqs),
+            (
+                "max_batch_tokens",
+                self.max_batch_tokens,
+                &mut scheduler.max_batch_tokens,
+            ),
+        ] {
+            match value {
+                Some(0) => return Err(invalid(format!("`{key}` must be at least 1"))),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        if scheduler.block_size > 1024 {
+            return Err(invalid(format!(
+                "`block_size` must be at most 1024 tokens, got {}",
+                scheduler.block_size
+            )));
+        }
+        if scheduler.max_batch_tokens < scheduler.max_num_seqs {
+            return Err(invalid(format!(
+                "`max_batch_tokens` ({}) must be at least `max_num_seqs` ({}) so that every running sequence can decode in one step",
+                scheduler.max_batch_tokens, scheduler.max_num_seqs
+            )));
+        }
+        if let Some(p) = self.prefix_caching {
+            scheduler.prefix_caching = p;
+        }
         Ok(ResolvedModel {
             id: self.id.clone(),
             gguf,
@@ -223,6 +362,7 @@ impl ModelSpec {
             context_length: self.context_length,
             device,
             max_waiting: self.max_waiting,
+            scheduler,
         })
     }
 }
@@ -320,6 +460,48 @@ mod tests {
             parse("[[models]]\nid = \"a\"\ngguf = \"x\"\n[[models]]\nid = \"a\"\ngguf = \"y\"\n")
                 .unwrap_err();
         assert!(err.to_string().contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn kv_memory_sizes() {
+        let p = |s: &str| parse_kv_memory(&toml::Value::String(s.into()));
+        assert_eq!(p("2GiB"), Ok(KvMemory::Bytes(2 << 30)));
+        assert_eq!(p("512 MiB"), Ok(KvMemory::Bytes(512 << 20)));
+        assert_eq!(p("1GB"), Ok(KvMemory::Bytes(1_000_000_000)));
+        assert_eq!(p("25%"), Ok(KvMemory::Fraction(0.25)));
+        assert_eq!(
+            parse_kv_memory(&toml::Value::Integer(4096)),
+            Ok(KvMemory::Bytes(4096))
+        );
+        for bad in ["0%", "150%", "lots", "2XB", "-1GiB", ""] {
+            let err = p(bad).unwrap_err();
+            assert!(err.contains("kv_cache_memory"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn scheduler_limits_validated() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let check = |extra: &str, key: &str| {
+            let text = format!("[[models]]\nid = \"a\"\ngguf = \"{file}\"\n{extra}\n");
+            let err = parse(&text)
+                .unwrap()
+                .resolve(Path::new("/tmp/models.toml"))
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        };
+        check("max_num_seqs = 300\nmax_batch_tokens = 256", "max_batch_tokens");
+        check("block_size = 0", "block_size");
+        check("kv_cache_memory = \"lots\"", "kv_cache_memory");
+        let ok = parse(&format!(
+            "[[models]]\nid = \"a\"\ngguf = \"{file}\"\nkv_cache_memory = \"1GiB\"\nprefix_caching = false\n"
+        ))
+        .unwrap()
+        .resolve(Path::new("/tmp/models.toml"))
+        .unwrap();
+        assert_eq!(ok[0].scheduler.kv_cache_memory, KvMemory::Bytes(1 << 30));
+        assert!(!ok[0].scheduler.prefix_caching);
+        assert_eq!(ok[0].scheduler.max_batch_tokens, 256);
     }
 
     #[test]

@@ -8,23 +8,23 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::chat_template::{ChatTemplate, TemplateError, GEMMA_CHAT_TEMPLATE};
-use crate::config::{DeviceSpec, ResolvedModel, Source};
-use crate::model::{KvCache, LogitRows, Model, ModelError, SeqBatch};
-use crate::sampling::{token_logprob, Sampler, SamplingParams, TokenLogprob};
+use crate::config::{DeviceSpec, KvMemory, ResolvedModel, Source};
+use crate::metrics::EngineMetrics;
+use crate::model::{KvPool, Model, ModelError, PagedSeq};
+use crate::sampling::{token_logprob, SamplingParams, TokenLogprob};
+use crate::scheduler::{Scheduler, Sequence};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
-
-/// Most prompt tokens of one sequence fed in one step (chunked prefill keeps steps short).
-const PREFILL_CHUNK_TOKENS: usize = 512;
 
 /// Errors while loading a model and starting its engine.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,13 @@ pub enum EngineError {
     },
     #[error("model `{id}`: cannot start the engine thread: {source}")]
     Thread { id: String, source: std::io::Error },
+    #[error("model `{id}`: kv_cache_memory: {message}")]
+    KvCache { id: String, message: String },
+    #[error("model `{id}`: metrics: {source}")]
+    Metrics {
+        id: String,
+        source: prometheus::Error,
+    },
 }
 
 /// Why a request could not be queued.
@@ -83,6 +90,9 @@ pub struct ModelInfo {
     pub architecture: String,
     /// Size of the GGUF file in bytes.
     pub file_size: u64,
+    /// KV pool: number of blocks and tokens per block.
+    pub kv_blocks: usize,
+    pub kv_block_size: usize,
 }
 
 /// One generation request, already tokenized and validated by the caller.
@@ -101,6 +111,23 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// `Some(n)`: send [`Event::PromptLogprobs`] with the top `n` alternatives first.
     pub prompt_logprobs: Option<usize>,
+    /// Scheduling class: batch work is admitted only when no interactive request waits.
+    pub priority: Priority,
+    // structured output (begin)
+    /// `response_format` grammar state of this sequence (see [`crate::structured`]); `None` for
+    /// free text. Each sequence needs its own: clone it per choice.
+    pub constraint: Option<crate::structured::Constraint>,
+    // structured output (end)
+}
+
+/// Scheduling class of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A user waiting on the answer (chat and completions routes).
+    #[default]
+    Interactive,
+    /// Offline work (Batch API lines): runs in the capacity interactive requests leave.
+    Batch,
 }
 
 /// Why generation ended.
@@ -149,6 +176,7 @@ enum Command {
     Generate {
         req: GenerateRequest,
         events: UnboundedSender<Event>,
+        arrival: Instant,
     },
 }
 
@@ -163,7 +191,18 @@ struct Shared {
     tokenizer: Tokenizer,
     chat_template: ChatTemplate,
     capacity: usize,
-    commands: SyncSender<Command>,
+    /// Requests submitted and not yet admitted by the engine thread (the waiting queue's
+    /// length, bounded by `capacity`).
+    waiting: Arc<AtomicUsize>,
+    commands: Sender<Command>,
+    metrics: EngineMetrics,
+    // structured output (begin): built on first use, see `EngineHandle::structured`.
+    structured: std::sync::OnceLock<
+        Result<crate::structured::StructuredCompiler, crate::structured::StructuredError>,
+    >,
+    /// Width of a logits row (tokens); may exceed the tokenizer's vocabulary.
+    logits_width: usize,
+    // structured output (end)
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -176,9 +215,23 @@ impl std::fmt::Debug for EngineHandle {
 
 impl EngineHandle {
     /// Loads the model described by `spec` (GGUF weights, tokenizer, chat template) and starts its
-    /// engine thread. Errors name the model and the file or setting at fault.
+    /// engine thread, with its metrics in a private registry. Errors name the model and the file
+    /// or setting at fault.
     pub fn spawn(spec: &ResolvedModel) -> Result<Self, EngineError> {
+        Self::spawn_with_registry(spec, &prometheus::Registry::new())
+    }
+
+    /// [`EngineHandle::spawn`], registering the engine's metrics in `registry`.
+    pub fn spawn_with_registry(
+        spec: &ResolvedModel,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, EngineError> {
         let id = spec.id.clone();
+        let metrics =
+            EngineMetrics::register(registry, &id).map_err(|source| EngineError::Metrics {
+                id: id.clone(),
+                source,
+            })?;
         let path = spec.gguf.display().to_string();
         let device = make_device(spec.device).map_err(|message| EngineError::Device {
             id: id.clone(),
@@ -234,6 +287,51 @@ impl EngineHandle {
             Some(n) => n,
             None => trained,
         };
+        let sched = &spec.scheduler;
+        let block_bytes = model.kv_bytes_per_token() * sched.block_size;
+        let pool_bytes = kv_pool_bytes(sched.kv_cache_memory).map_err(|message| {
+            EngineError::KvCache {
+                id: id.clone(),
+                message,
+            }
+        })?;
+        let num_blocks = (pool_bytes / block_bytes as u64) as usize;
+        if num_blocks == 0 {
+            return Err(EngineError::KvCache {
+                id,
+                message: format!(
+                    "{pool_bytes} bytes hold no block of {} tokens ({block_bytes} bytes)",
+                    sched.block_size
+                ),
+            });
+        }
+        // One sequence can never hold more tokens than the pool.
+        let pool_tokens = num_blocks * sched.block_size;
+        let context_length = if pool_tokens < context_length {
+            tracing::warn!(
+                model = %id,
+                pool_tokens,
+                context_length,
+                "the KV pool holds fewer tokens than the context length; serving a context of {pool_tokens} tokens"
+            );
+            pool_tokens
+        } else {
+            context_length
+        };
+        let pool = model
+            .new_kv_pool(sched.block_size, num_blocks)
+            .map_err(|source| EngineError::Model {
+                id: id.clone(),
+                source,
+            })?;
+        tracing::info!(
+            model = %id,
+            kv_blocks = num_blocks,
+            block_size = sched.block_size,
+            kv_pool_mib = pool.bytes() >> 20,
+            "KV cache pool"
+        );
+        metrics.kv_blocks_free.set(num_blocks as i64);
         let info = ModelInfo {
             id: id.clone(),
             context_length,
@@ -244,14 +342,22 @@ impl EngineHandle {
             owned_by: "govlm".to_string(),
             architecture,
             file_size,
+            kv_blocks: num_blocks,
+            kv_block_size: sched.block_size,
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(spec.max_waiting);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let logits_width = model.config().vocab_size; // structured output
         let worker = Worker {
             model,
             tokenizer: tokenizer.clone(),
             context_length,
             commands: rx,
-            running: Vec::new(),
+            pool,
+            sched: Scheduler::new(sched, num_blocks),
+            metrics: metrics.clone(),
+            waiting: waiting.clone(),
+            next_id: 0,
         };
         std::thread::Builder::new()
             .name(format!("engine-{id}"))
@@ -266,7 +372,11 @@ impl EngineHandle {
                 tokenizer,
                 chat_template,
                 capacity: spec.max_waiting,
+                waiting,
                 commands: tx,
+                metrics,
+                structured: std::sync::OnceLock::new(), // structured output
+                logits_width,                           // structured output
             }),
         })
     }
@@ -288,26 +398,95 @@ impl EngineHandle {
         &self.shared.chat_template
     }
 
+    // structured output (begin)
+    /// This model's compiler of `response_format`s into per-sequence constraints. Built on the
+    /// first call (blocks for a few hundred ms on a 152k-token vocabulary: call it off the async
+    /// runtime); later calls return the same compiler.
+    ///
+    /// Errors: [`crate::structured::StructuredError::Unavailable`] when the tokenizer cannot be
+    /// used (e.g. it has no EOS token).
+    pub fn structured(
+        &self,
+    ) -> Result<&crate::structured::StructuredCompiler, crate::structured::StructuredError> {
+        self.shared
+            .structured
+            .get_or_init(|| {
+                crate::structured::StructuredCompiler::new(
+                    &self.shared.tokenizer,
+                    self.shared.logits_width,
+                )
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+    // structured output (end)
+
+    /// This engine's metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.shared.metrics
+    }
+
+    /// Requests submitted and not yet admitted into the running set.
+    pub fn num_waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Relaxed)
+    }
+
     /// Queues a request without blocking. Events arrive on the returned receiver; dropping it
-    /// cancels the request.
+    /// cancels the request (its KV blocks are freed at the next step).
+    ///
+    /// Batch-priority requests may fill at most half of the waiting queue, so that a large
+    /// batch never makes interactive requests see 429.
     ///
     /// Errors: [`SubmitError::QueueFull`] when the waiting queue is full,
     /// [`SubmitError::EngineStopped`] when the engine thread is gone.
     pub fn submit(&self, req: GenerateRequest) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let shared = &self.shared;
+        let limit = match req.priority {
+            Priority::Interactive => shared.capacity,
+            Priority::Batch => shared.capacity.div_ceil(2),
+        };
+        let reserved = shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < limit).then_some(w + 1)
+            });
+        if reserved.is_err() {
+            shared.metrics.rejected.inc();
+            return Err(SubmitError::QueueFull {
+                model: shared.info.id.clone(),
+                capacity: shared.capacity,
+            });
+        }
         let (events, rx) = unbounded_channel();
-        match self
-            .shared
-            .commands
-            .try_send(Command::Generate { req, events })
-        {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull {
-                model: self.shared.info.id.clone(),
-                capacity: self.shared.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::EngineStopped {
-                model: self.shared.info.id.clone(),
-            }),
+        let cmd = Command::Generate {
+            req,
+            events,
+            arrival: Instant::now(),
+        };
+        if shared.commands.send(cmd).is_err() {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::EngineStopped {
+                model: shared.info.id.clone(),
+            });
+        }
+        Ok(rx)
+    }
+}
+
+/// Bytes of the KV pool for a configured size (a share is of `MemAvailable` in /proc/meminfo).
+fn kv_pool_bytes(mem: KvMemory) -> Result<u64, String> {
+    match mem {
+        KvMemory::Bytes(b) => Ok(b),
+        KvMemory::Fraction(f) => {
+            let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| {
+                format!("a share of available memory needs /proc/meminfo ({e}); give a size in bytes")
+            })?;
+            let kib: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .ok_or("no MemAvailable in /proc/meminfo; give a size in bytes")?;
+            Ok((kib as f64 * 1024.0 * f) as u64)
         }
     }
 }
@@ -363,61 +542,50 @@ fn read_template_file(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// A running sequence, owned by the engine thread.
-struct Sequence {
-    req: GenerateRequest,
-    events: UnboundedSender<Event>,
-    cache: KvCache,
-    sampler: Sampler,
-    /// Prompt tokens already written to the KV cache.
-    prompt_fed: usize,
-    generated: Vec<u32>,
-    decoder: StreamDecoder,
-    stop: StopMatcher,
-    prompt_logprobs: Vec<TokenLogprob>,
-    /// Last token sampled but not yet fed to the model.
-    next_input: Option<u32>,
-}
-
 struct Worker {
     model: Model,
     tokenizer: Tokenizer,
     context_length: usize,
     commands: Receiver<Command>,
-    running: Vec<Sequence>,
+    pool: KvPool,
+    sched: Scheduler,
+    metrics: EngineMetrics,
+    /// Shared with the handles: submitted, not yet admitted.
+    waiting: Arc<AtomicUsize>,
+    /// Arrival order of the next sequence.
+    next_id: u64,
 }
 
 impl Worker {
     fn run(mut self) {
         loop {
-            if !self.admit() {
+            if !self.receive() {
                 return;
             }
-            self.running.retain(|s| !s.events.is_closed());
-            if self.running.is_empty() {
-                continue;
-            }
-            let step = std::panic::catch_unwind(AssertUnwindSafe(|| self.step()));
-            let failure = match step {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(panic) => Some(panic_message(&panic)),
-            };
-            if let Some(message) = failure {
-                tracing::error!(error = %message, "engine step failed; failing its sequences");
-                for seq in self.running.drain(..) {
-                    let _ = seq
-                        .events
-                        .send(Event::Error(format!("inference failed: {message}")));
+            let never_ran = self.sched.drop_cancelled();
+            self.waiting.fetch_sub(never_ran, Ordering::AcqRel);
+            let admitted = self.sched.schedule();
+            self.waiting.fetch_sub(admitted, Ordering::AcqRel);
+            if self.sched.running.iter().any(|s| s.step_tokens > 0) {
+                let step = std::panic::catch_unwind(AssertUnwindSafe(|| self.step()));
+                let failure = match step {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(panic) => Some(panic_message(&panic)),
+                };
+                if let Some(message) = failure {
+                    tracing::error!(error = %message, "engine step failed; failing its sequences");
+                    self.fail_running(&format!("inference failed: {message}"));
                 }
             }
+            self.update_gauges();
         }
     }
 
-    /// Moves queued requests into the running set; blocks when idle. Returns false when every
-    /// handle is gone and nothing runs.
-    fn admit(&mut self) -> bool {
-        if self.running.is_empty() {
+    /// Moves submitted requests into the scheduler; blocks while there is nothing to do.
+    /// Returns false when every handle is gone and no work is left.
+    fn receive(&mut self) -> bool {
+        if self.sched.is_idle() {
             match self.commands.recv() {
                 Ok(cmd) => self.start(cmd),
                 Err(_) => return false,
@@ -427,149 +595,205 @@ impl Worker {
             match self.commands.try_recv() {
                 Ok(cmd) => self.start(cmd),
                 Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return !self.running.is_empty(),
+                Err(TryRecvError::Disconnected) => return !self.sched.is_idle(),
             }
         }
     }
 
     fn start(&mut self, cmd: Command) {
-        let Command::Generate { req, events } = cmd;
+        let Command::Generate {
+            req,
+            events,
+            arrival,
+        } = cmd;
         let prompt_len = req.prompt_ids.len();
         let fail = |msg: String| {
             let _ = events.send(Event::Error(msg));
         };
-        if prompt_len == 0 {
-            return fail("the prompt has no tokens".to_string());
-        }
-        if prompt_len + req.max_tokens > self.context_length {
-            return fail(format!(
+        let vocab = self.model.config().vocab_size as u32;
+        let problem = if prompt_len == 0 {
+            Some("the prompt has no tokens".to_string())
+        } else if prompt_len + req.max_tokens > self.context_length {
+            Some(format!(
                 "prompt of {prompt_len} tokens plus max_tokens {} exceeds the context length of {} tokens",
                 req.max_tokens, self.context_length
-            ));
-        }
-        let vocab = self.model.config().vocab_size as u32;
-        if let Some(bad) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
-            return fail(format!(
-                "token id {bad} is outside the vocabulary of {vocab} tokens"
-            ));
-        }
-        let cache = match self.model.new_kv_cache(prompt_len + req.max_tokens.max(1)) {
-            Ok(c) => c,
-            Err(e) => return fail(format!("cannot allocate the KV cache: {e}")),
+            ))
+        } else {
+            req.prompt_ids
+                .iter()
+                .find(|&&t| t >= vocab)
+                .map(|bad| format!("token id {bad} is outside the vocabulary of {vocab} tokens"))
         };
-        let seq = Sequence {
-            sampler: Sampler::new(req.sampling.clone()),
-            stop: StopMatcher::new(req.stop.clone()),
-            decoder: StreamDecoder::new(self.tokenizer.clone()),
-            req,
-            events,
-            cache,
-            prompt_fed: 0,
-            generated: Vec::new(),
-            prompt_logprobs: Vec::new(),
-            next_input: None,
-        };
-        self.running.push(seq);
+        if let Some(msg) = problem {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.finished.with_label_values(&["error"]).inc();
+            return fail(msg);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let decoder = StreamDecoder::new(self.tokenizer.clone());
+        self.sched
+            .enqueue(Sequence::new(id, req, events, decoder, arrival));
     }
 
-    /// One forward pass over every running sequence, then sampling and events.
+    /// Fails the running sequences after a failed step; the KV blocks they held are freed.
+    fn fail_running(&mut self, message: &str) {
+        let all: Vec<usize> = (0..self.sched.running.len()).collect();
+        for seq in &self.sched.running {
+            let _ = seq.events.send(Event::Error(message.to_string()));
+        }
+        self.metrics
+            .finished
+            .with_label_values(&["error"])
+            .inc_by(all.len() as u64);
+        self.sched.finish(all);
+    }
+
+    fn update_gauges(&mut self) {
+        let m = &self.metrics;
+        let c = self.sched.take_counts();
+        m.preemptions.inc_by(c.preempted);
+        m.cancelled.inc_by(c.cancelled);
+        m.prefix_cache_queries.inc_by(c.prefix_queried);
+        m.prefix_cache_hits.inc_by(c.prefix_hit);
+        m.running.set(self.sched.running.len() as i64);
+        m.waiting
+            .set((self.waiting.load(Ordering::Relaxed) + self.sched.num_waiting()) as i64);
+        let b = &self.sched.blocks;
+        m.kv_blocks_used.set(b.num_used() as i64);
+        m.kv_blocks_free.set(b.num_allocatable() as i64);
+        m.kv_blocks_cached.set(b.num_cached() as i64);
+    }
+
+    /// One forward pass over the scheduled sequences, then sampling and events.
     fn step(&mut self) -> Result<(), ModelError> {
-        // Which rows of the logits belong to which sequence.
-        let mut plan: Vec<(usize, std::ops::Range<usize>, usize)> = Vec::new(); // (seq, token range in prompt or none, rows)
-        let mut batch: Vec<SeqBatch<'_>> = Vec::with_capacity(self.running.len());
-        let mut decode_inputs: Vec<[u32; 1]> = Vec::with_capacity(self.running.len());
-        for seq in &self.running {
-            decode_inputs.push([seq.next_input.unwrap_or(0)]);
-        }
-        for (i, seq) in self.running.iter_mut().enumerate() {
-            let prompt_len = seq.req.prompt_ids.len();
-            if seq.prompt_fed < prompt_len {
-                let end = (seq.prompt_fed + PREFILL_CHUNK_TOKENS).min(prompt_len);
-                let range = seq.prompt_fed..end;
-                let last_chunk = end == prompt_len;
-                let logits = if seq.req.prompt_logprobs.is_some() {
-                    LogitRows::All
-                } else if last_chunk {
-                    LogitRows::Last
-                } else {
-                    LogitRows::None
-                };
-                let rows = match logits {
-                    LogitRows::All => range.len(),
-                    LogitRows::Last => 1,
-                    LogitRows::None => 0,
-                };
-                plan.push((i, range.clone(), rows));
-                batch.push(SeqBatch {
-                    tokens: &seq.req.prompt_ids[range],
-                    cache: &mut seq.cache,
-                    logits,
-                });
-            } else {
-                plan.push((i, 0..0, 1));
-                batch.push(SeqBatch {
-                    tokens: &decode_inputs[i],
-                    cache: &mut seq.cache,
-                    logits: LogitRows::Last,
-                });
-            }
-        }
-        let logits = self.model.forward(&mut batch)?;
+        let running = &self.sched.running;
+        let batch: Vec<PagedSeq<'_>> = running
+            .iter()
+            .filter(|s| s.step_tokens > 0)
+            .map(|s| PagedSeq {
+                tokens: &s.tokens[s.num_computed..s.num_computed + s.step_tokens],
+                blocks: &s.blocks,
+                start_pos: s.num_computed,
+                logits: s.step_logits,
+            })
+            .collect();
+        let step_tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        self.metrics.step_tokens.observe(step_tokens as f64);
+        self.metrics.step_sequences.observe(batch.len() as f64);
+        let logits = self.model.forward_paged(&mut self.pool, &batch)?;
         drop(batch);
         let vocab = logits.dim(1)?;
         let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        // Positions before the step, for the scheduled sequences in running order.
+        let plan: Vec<(usize, usize, usize)> = self
+            .sched
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.step_tokens > 0)
+            .map(|(i, s)| {
+                let rows = match s.step_logits {
+                    crate::model::LogitRows::None => 0,
+                    crate::model::LogitRows::Last => 1,
+                    crate::model::LogitRows::All => s.step_tokens,
+                };
+                (i, s.num_computed, rows)
+            })
+            .collect();
+        self.sched.advance();
 
         let mut row = 0usize;
         let mut finished = Vec::new();
-        for (i, range, rows) in plan {
-            let seq = &mut self.running[i];
+        for (i, start, rows) in plan {
+            let seq = &mut self.sched.running[i];
             let seq_rows = &logits[row * vocab..(row + rows) * vocab];
             row += rows;
-            let was_prefill = !range.is_empty();
-            if was_prefill {
-                seq.prompt_fed = range.end;
-                if let Some(n) = seq.req.prompt_logprobs {
-                    // Row j predicts prompt token range.start + j + 1.
+            let prompt_len = seq.req.prompt_ids.len();
+            if let (Some(n), false) = (seq.req.prompt_logprobs, seq.prompt_done) {
+                // Row j predicts token start + j + 1; after a preemption the prompt is
+                // recomputed, so only entries not yet collected are taken.
+                if rows > 1 || (rows == 1 && seq.num_computed <= prompt_len) {
                     for j in 0..rows {
-                        let target = range.start + j + 1;
-                        if let Some(&id) = seq.req.prompt_ids.get(target) {
+                        let target = start + j + 1;
+                        if target == seq.prompt_logprobs.len() + 1 && target < prompt_len {
                             let r = &seq_rows[j * vocab..(j + 1) * vocab];
+                            let id = seq.req.prompt_ids[target];
                             seq.prompt_logprobs.push(token_logprob(r, id, n));
                         }
                     }
                 }
-                if seq.prompt_fed < seq.req.prompt_ids.len() {
-                    continue;
-                }
-                if seq.req.prompt_logprobs.is_some() {
+                if seq.num_computed >= prompt_len {
+                    seq.prompt_done = true;
                     let lp = std::mem::take(&mut seq.prompt_logprobs);
                     let _ = seq.events.send(Event::PromptLogprobs(lp));
                 }
-                if seq.req.max_tokens == 0 {
-                    finished.push(i);
-                    let _ = seq.events.send(finish_event(seq, FinishReason::Length));
-                    continue;
-                }
-            } else {
-                seq.next_input = None;
+            }
+            if seq.num_computed < seq.tokens.len() {
+                continue; // a prefill chunk that is not the last
+            }
+            if seq.req.max_tokens == 0 {
+                finished.push(i);
+                let _ = seq.events.send(finish_event(seq, FinishReason::Length));
+                self.record_finish(i, FinishReason::Length);
+                continue;
+            }
+            if rows == 0 {
+                continue;
             }
             let last = &seq_rows[(rows - 1) * vocab..rows * vocab];
             if let Some(reason) = self.sample_one(i, last) {
                 finished.push(i);
-                let seq = &self.running[i];
+                let seq = &self.sched.running[i];
                 let _ = seq.events.send(finish_event(seq, reason));
+                self.record_finish(i, reason);
             }
         }
-        for i in finished.into_iter().rev() {
-            self.running.swap_remove(i);
-        }
+        self.sched.finish(finished);
         Ok(())
+    }
+
+    /// Metrics of a request that ends now.
+    fn record_finish(&self, i: usize, reason: FinishReason) {
+        let seq = &self.sched.running[i];
+        let m = &self.metrics;
+        m.e2e_latency.observe(seq.arrival.elapsed().as_secs_f64());
+        m.prompt_tokens.inc_by(seq.req.prompt_ids.len() as u64);
+        let label = match reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        };
+        m.finished.with_label_values(&[label]).inc();
     }
 
     /// Samples the next token of sequence `i` from `logits` ([vocab] f32), sends its text, and
     /// returns the finish reason if the sequence is done.
     fn sample_one(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
-        let seq = &mut self.running[i];
+        let now = Instant::now();
+        let seq = &mut self.sched.running[i];
+        match seq.last_token_at {
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe((now - seq.arrival).as_secs_f64()),
+            Some(t) => self
+                .metrics
+                .inter_token_latency
+                .observe((now - t).as_secs_f64()),
+        }
+        seq.last_token_at = Some(now);
+        self.metrics.generation_tokens.inc();
+        // structured output (begin): sample from the grammar-masked row; logprobs therefore
+        // describe the masked distribution (as in vLLM, where the mask precedes the sampler).
+        let logits = match seq.req.constraint.as_mut().map(|c| c.mask_logits(logits)) {
+            None => logits,
+            Some(Ok(masked)) => masked,
+            Some(Err(e)) => {
+                let _ = seq.events.send(Event::Error(e.to_string()));
+                return Some(FinishReason::Stop);
+            }
+        };
+        // structured output (end)
         let (id, logprob) = seq
             .sampler
             .sample(logits, &seq.req.prompt_ids, &seq.generated);
@@ -585,6 +809,16 @@ impl Worker {
             });
             return Some(FinishReason::Stop);
         }
+        // structured output (begin): advance the grammar; a complete document ends the sequence.
+        let mut grammar_done = false;
+        if let Some(c) = seq.req.constraint.as_mut() {
+            if let Err(e) = c.consume(id) {
+                let _ = seq.events.send(Event::Error(e.to_string()));
+                return Some(FinishReason::Stop);
+            }
+            grammar_done = c.is_complete();
+        }
+        // structured output (end)
         let piece = match seq.decoder.push(id) {
             Ok(p) => p,
             Err(e) => {
@@ -609,14 +843,14 @@ impl Worker {
         }
         let at_limit = seq.generated.len() >= seq.req.max_tokens
             || seq.req.prompt_ids.len() + seq.generated.len() >= self.context_length;
-        if at_limit {
+        if at_limit || grammar_done {
             let (rest, stopped) = drain_text(&mut seq.decoder, &mut seq.stop);
             let text = out.emit + &rest;
             let _ = seq.events.send(Event::Delta {
                 text,
                 tokens: vec![token],
             });
-            return Some(if stopped {
+            return Some(if stopped || grammar_done {
                 FinishReason::Stop
             } else {
                 FinishReason::Length
@@ -626,7 +860,7 @@ impl Worker {
             text: out.emit,
             tokens: vec![token],
         });
-        seq.next_input = Some(id);
+        seq.tokens.push(id);
         None
     }
 }

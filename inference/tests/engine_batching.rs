@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use govlm_inference::config::{DeviceSpec, ResolvedModel, Source};
+use govlm_inference::config::{DeviceSpec, ResolvedModel, SchedulerConfig, Source};
 use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
 use govlm_inference::sampling::SamplingParams;
 
@@ -25,6 +25,7 @@ fn engine(file: &str) -> EngineHandle {
         context_length: Some(2048),
         device: DeviceSpec::Cpu,
         max_waiting: 64,
+        scheduler: SchedulerConfig::defaults_for(DeviceSpec::Cpu),
     })
     .expect("spawn engine")
 }
@@ -43,6 +44,8 @@ fn request(
         stop_token_ids: Vec::new(),
         ignore_eos: true,
         prompt_logprobs: None,
+        priority: Default::default(),
+        constraint: None,
     }
 }
 

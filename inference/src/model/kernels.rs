@@ -177,9 +177,7 @@ pub(crate) fn gated_act(gu: &[f32], ff: usize, out_k: usize, act: Activation) ->
 #[inline(always)]
 fn attend_generic(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    row: usize,
+    keys: KeySlots<'_>,
     head_off: usize,
     j0: usize,
     j1: usize,
@@ -192,25 +190,63 @@ fn attend_generic(
     let d = q.len();
     let n = j1 + 1 - j0;
     let scores = &mut scores[..n];
+    let row = keys.row;
     let mut max = f32::NEG_INFINITY;
-    for (s, j) in scores.iter_mut().zip(j0..=j1) {
-        let kr = &k[j * row + head_off..j * row + head_off + d];
-        *s = dot(q, kr) * scale;
-        max = max.max(*s);
-    }
+    let mut i = 0;
+    keys.for_each_run(j0, j1, |slot0, len| {
+        for slot in slot0..slot0 + len {
+            let kr = &keys.k[slot * row + head_off..slot * row + head_off + d];
+            let s = dot(q, kr) * scale;
+            scores[i] = s;
+            max = max.max(s);
+            i += 1;
+        }
+    });
     let mut sum = 0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
     }
     out.fill(0.0);
-    for (&p, j) in scores.iter().zip(j0..=j1) {
-        let vr = &v[j * row + head_off..j * row + head_off + d];
-        axpy(out, p, vr);
-    }
+    let mut i = 0;
+    keys.for_each_run(j0, j1, |slot0, len| {
+        for slot in slot0..slot0 + len {
+            let vr = &keys.v[slot * row + head_off..slot * row + head_off + d];
+            axpy(out, scores[i], vr);
+            i += 1;
+        }
+    });
     let inv = 1.0 / sum;
     for o in out.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// One sequence's keys and values of one layer, addressed through its block table.
+#[derive(Clone, Copy)]
+pub(crate) struct KeySlots<'a> {
+    /// `[slots, row]` keys / values of the whole pool.
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// Floats per slot (`num_kv_heads * head_dim`).
+    pub row: usize,
+    pub blocks: &'a [u32],
+    pub block_size: usize,
+}
+
+impl KeySlots<'_> {
+    /// Calls `f(first_slot, len)` for each run of consecutive slots holding positions
+    /// `j0..=j1`, in position order (one run per block touched).
+    #[inline]
+    fn for_each_run(&self, j0: usize, j1: usize, mut f: impl FnMut(usize, usize)) {
+        let bs = self.block_size;
+        let mut j = j0;
+        while j <= j1 {
+            let (b, off) = (j / bs, j % bs);
+            let len = (bs - off).min(j1 + 1 - j);
+            f(self.blocks[b] as usize * bs + off, len);
+            j += len;
+        }
     }
 }
 
@@ -308,9 +344,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn attend(
         q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        row: usize,
+        keys: super::KeySlots<'_>,
         head_off: usize,
         j0: usize,
         j1: usize,
@@ -320,9 +354,7 @@ mod avx2 {
     ) {
         super::attend_generic(
             q,
-            k,
-            v,
-            row,
+            keys,
             head_off,
             j0,
             j1,
@@ -337,9 +369,12 @@ mod avx2 {
 
 /// One sequence's part of a batched attention call.
 pub(crate) struct AttnSeq<'a> {
-    /// Keys `[>= kv_len, kv_heads, head_dim]` of this layer.
+    /// Keys / values `[pool slots, kv_heads, head_dim]` of this layer.
     pub k: &'a [f32],
     pub v: &'a [f32],
+    /// Block table: position `p` is in slot `blocks[p / block_size] * block_size + p % block_size`.
+    pub blocks: &'a [u32],
+    pub block_size: usize,
     /// Position of the first new token (tokens before it are already cached).
     pub start_pos: usize,
     /// Number of new tokens (query rows) of this sequence.
@@ -404,20 +439,23 @@ pub(crate) fn attention(
                 std::slice::from_raw_parts_mut(ptr.get().add(qr * out_k + h * head_dim), head_dim)
             };
             let head_off = (h / group) * head_dim;
+            let keys = KeySlots {
+                k: s.k,
+                v: s.v,
+                row,
+                blocks: s.blocks,
+                block_size: s.block_size,
+            };
             #[cfg(target_arch = "x86_64")]
             if use_avx2 {
                 // SAFETY: AVX2/FMA availability checked at run time.
-                unsafe {
-                    avx2::attend(qv, s.k, s.v, row, head_off, j0, pos, scale, &mut scores, o)
-                };
+                unsafe { avx2::attend(qv, keys, head_off, j0, pos, scale, &mut scores, o) };
                 continue;
             }
             let _ = use_avx2;
             attend_generic(
                 qv,
-                s.k,
-                s.v,
-                row,
+                keys,
                 head_off,
                 j0,
                 pos,
@@ -483,6 +521,8 @@ mod tests {
             AttnSeq {
                 k: &k1,
                 v: &v1,
+                blocks: &[0],
+                block_size: 10,
                 start_pos: 9,
                 n_new: 1,
                 q_offset: 0,
@@ -490,6 +530,8 @@ mod tests {
             AttnSeq {
                 k: &k2,
                 v: &v2,
+                blocks: &[0],
+                block_size: 4,
                 start_pos: 0,
                 n_new: 4,
                 q_offset: 1,
@@ -526,6 +568,45 @@ mod tests {
                     .iter()
                     .all(|&x| x == 0.0));
             }
+        }
+    }
+
+    /// Keys scattered over a shuffled block table give bit-identical attention to the same keys
+    /// stored contiguously (the summation order over positions is the same).
+    #[test]
+    fn paged_attention_equals_contiguous_bitwise() {
+        let (heads, kv_heads, d) = (4, 2, 8);
+        let row = kv_heads * d;
+        let val = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+        let n = 23; // keys: positions 0..23, 3 blocks of 8 (the last partly used)
+        let k: Vec<f32> = (0..n * row).map(|i| val(i + 5)).collect();
+        let v: Vec<f32> = (0..n * row).map(|i| val(i + 13)).collect();
+        let (bs, table) = (8usize, [5u32, 1, 3]);
+        let mut kp = vec![0f32; 6 * bs * row];
+        let mut vp = vec![0f32; 6 * bs * row];
+        for p in 0..n {
+            let slot = table[p / bs] as usize * bs + p % bs;
+            kp[slot * row..(slot + 1) * row].copy_from_slice(&k[p * row..(p + 1) * row]);
+            vp[slot * row..(slot + 1) * row].copy_from_slice(&v[p * row..(p + 1) * row]);
+        }
+        let stride = heads * d;
+        let q: Vec<f32> = (0..3 * stride).map(|i| val(i + 29)).collect();
+        for window in [None, Some(5)] {
+            let run = |k: &[f32], v: &[f32], blocks: &[u32], block_size| {
+                let seqs = [AttnSeq {
+                    k,
+                    v,
+                    blocks,
+                    block_size,
+                    start_pos: n - 3,
+                    n_new: 3,
+                    q_offset: 0,
+                }];
+                attention(&q, stride, &seqs, heads, kv_heads, d, 0.3, window, stride)
+            };
+            let contiguous = run(&k, &v, &[0], n);
+            let paged = run(&kp, &vp, &table, bs);
+            assert_eq!(contiguous, paged, "window {window:?}");
         }
     }
 }

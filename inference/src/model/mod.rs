@@ -33,7 +33,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{Device, Tensor};
 
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool};
 
 use crate::gguf::{metadata_f64, metadata_str, metadata_usize, read_tensor, read_vector};
 use kernels::{Activation, AttnSeq, RopeTable};
@@ -205,6 +205,28 @@ pub struct SeqBatch<'a> {
     /// This sequence's KV cache; the new tokens' keys and values are appended.
     pub cache: &'a mut KvCache,
     pub logits: LogitRows,
+}
+
+/// One sequence's share of a paged forward pass ([`Model::forward_paged`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PagedSeq<'a> {
+    /// New tokens, at positions `start_pos..start_pos + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// Block table: block `i` of the pool holds positions `i * block_size..(i + 1) * block_size`;
+    /// it must cover every new position.
+    pub blocks: &'a [u32],
+    /// Tokens already in the blocks (the position of the first new token).
+    pub start_pos: usize,
+    pub logits: LogitRows,
+}
+
+/// A sequence inside `forward_core`: which pool it uses and its block table.
+struct SeqView<'a> {
+    pool: usize,
+    tokens: &'a [u32],
+    blocks: &'a [u32],
+    start_pos: usize,
+    logits: LogitRows,
 }
 
 /// Projections of one input: fused into one matrix, or separate when their types differ.
@@ -430,7 +452,8 @@ impl Model {
         KvCache::new(c.num_layers, c.num_kv_heads, c.head_dim, max_tokens)
     }
 
-    /// One flattened forward pass over several sequences.
+    /// One flattened forward pass over several sequences, each with its own contiguous
+    /// [`KvCache`] (tests and benchmarks; the engine uses [`Model::forward_paged`]).
     ///
     /// All new tokens of all sequences form one `[total_tokens, hidden]` matrix; matmuls run
     /// once, attention runs per sequence against its own KV cache (positions continue from
@@ -442,6 +465,108 @@ impl Model {
     /// `CacheFull` (checked for every sequence before anything is written), candle errors.
     /// On error no cache length changes.
     pub fn forward(&self, batch: &mut [SeqBatch<'_>]) -> Result<Tensor, ModelError> {
+        let mut pools = Vec::with_capacity(batch.len());
+        let mut views = Vec::with_capacity(batch.len());
+        for (i, s) in batch.iter_mut().enumerate() {
+            let start_pos = s.cache.len();
+            let needed = start_pos + s.tokens.len();
+            if needed > s.cache.capacity() {
+                return Err(ModelError::CacheFull {
+                    needed,
+                    capacity: s.cache.capacity(),
+                });
+            }
+            views.push(SeqView {
+                pool: i,
+                tokens: s.tokens,
+                blocks: &kv_cache::SINGLE_BLOCK,
+                start_pos,
+                logits: s.logits,
+            });
+            pools.push(&mut s.cache.pool);
+        }
+        let out = self.forward_core(&mut pools, &views)?;
+        drop(pools);
+        for s in batch.iter_mut() {
+            let n = s.cache.len() + s.tokens.len();
+            s.cache.set_len(n);
+        }
+        Ok(out)
+    }
+
+    /// A new paged KV pool of `num_blocks` blocks of `block_size` tokens (zeroed, committed
+    /// lazily by the OS). Errors: `Unsupported` for a zero or overflowing size.
+    pub fn new_kv_pool(&self, block_size: usize, num_blocks: usize) -> Result<KvPool, ModelError> {
+        let c = &self.config;
+        KvPool::new(c.num_layers, c.num_kv_heads, c.head_dim, block_size, num_blocks)
+    }
+
+    /// Bytes of KV cache one token takes over all layers (keys and values, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// One flattened forward pass over several sequences whose KV caches live in `pool`
+    /// (PagedAttention, Kwon et al. 2023: attention reads keys/values through each sequence's
+    /// block table). Same contract as [`Model::forward`]; each sequence's new keys/values are
+    /// written at positions `start_pos..start_pos + tokens.len()` of its block table.
+    ///
+    /// Errors: `InvalidBatch` when a sequence has no tokens, a token id is outside the
+    /// vocabulary, a block id is outside the pool, the block table is too short for the new
+    /// positions, or two sequences would write the same block (shared prefix blocks may only be
+    /// read). Nothing is written on error.
+    pub fn forward_paged(
+        &self,
+        pool: &mut KvPool,
+        batch: &[PagedSeq<'_>],
+    ) -> Result<Tensor, ModelError> {
+        let bs = pool.block_size();
+        let mut written = std::collections::HashSet::new();
+        for s in batch {
+            let end = s.start_pos + s.tokens.len();
+            if s.blocks.len() * bs < end {
+                return Err(ModelError::InvalidBatch(format!(
+                    "a block table of {} blocks of {bs} tokens cannot hold {end} tokens",
+                    s.blocks.len()
+                )));
+            }
+            if let Some(&b) = s.blocks.iter().find(|&&b| b as usize >= pool.num_blocks()) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "block {b} is outside the KV pool of {} blocks",
+                    pool.num_blocks()
+                )));
+            }
+            if !s.tokens.is_empty() {
+                for &b in &s.blocks[s.start_pos / bs..end.div_ceil(bs)] {
+                    if !written.insert(b) {
+                        return Err(ModelError::InvalidBatch(format!(
+                            "block {b} would be written by two sequences of one batch"
+                        )));
+                    }
+                }
+            }
+        }
+        let views: Vec<SeqView<'_>> = batch
+            .iter()
+            .map(|s| SeqView {
+                pool: 0,
+                tokens: s.tokens,
+                blocks: s.blocks,
+                start_pos: s.start_pos,
+                logits: s.logits,
+            })
+            .collect();
+        self.forward_core(&mut [pool], &views)
+    }
+
+    /// The forward pass proper: sequence `s` reads and writes `pools[s.pool]` through
+    /// `s.blocks`. Callers have checked capacities and block tables.
+    fn forward_core(
+        &self,
+        pools: &mut [&mut KvPool],
+        batch: &[SeqView<'_>],
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let hidden = c.hidden_size;
         let mut ids = Vec::new();
@@ -459,13 +584,7 @@ impl Model {
                     c.vocab_size
                 )));
             }
-            let needed = s.cache.len() + s.tokens.len();
-            if needed > s.cache.capacity() {
-                return Err(ModelError::CacheFull {
-                    needed,
-                    capacity: s.cache.capacity(),
-                });
-            }
+            let needed = s.start_pos + s.tokens.len();
             let start = ids.len();
             let n = s.tokens.len();
             match s.logits {
@@ -474,7 +593,7 @@ impl Model {
                 LogitRows::All => rows.extend((start..start + n).map(|r| r as u32)),
             }
             ids.extend_from_slice(s.tokens);
-            positions.extend(s.cache.len()..needed);
+            positions.extend(s.start_pos..needed);
         }
         let total = ids.len();
         if total == 0 {
@@ -537,29 +656,33 @@ impl Model {
                     }
                 }
             }
-            // Append the new keys/values to each sequence's cache.
+            // Write the new keys/values into each sequence's blocks.
             let mut offset = 0;
-            for s in batch.iter_mut() {
-                let start = s.cache.len();
-                let row = s.cache.row;
-                let (kc, vc) = (&mut s.cache.k[li], &mut s.cache.v[li]);
+            for s in batch.iter() {
+                let pool = &mut *pools[s.pool];
+                let (row, bs) = (pool.row, pool.block_size());
+                let (kc, vc) = (&mut pool.k[li], &mut pool.v[li]);
                 for (j, r) in qkv[offset * stride..(offset + s.tokens.len()) * stride]
                     .chunks_exact(stride)
                     .enumerate()
                 {
-                    let p = start + j;
-                    kc[p * row..(p + 1) * row].copy_from_slice(&r[q_w..q_w + kv_w]);
-                    vc[p * row..(p + 1) * row].copy_from_slice(&r[q_w + kv_w..]);
+                    let p = s.start_pos + j;
+                    let slot = s.blocks[p / bs] as usize * bs + p % bs;
+                    kc[slot * row..(slot + 1) * row].copy_from_slice(&r[q_w..q_w + kv_w]);
+                    vc[slot * row..(slot + 1) * row].copy_from_slice(&r[q_w + kv_w..]);
                 }
                 offset += s.tokens.len();
             }
             let mut seqs = Vec::with_capacity(batch.len());
             let mut offset = 0;
             for s in batch.iter() {
+                let pool = &*pools[s.pool];
                 seqs.push(AttnSeq {
-                    k: &s.cache.k[li],
-                    v: &s.cache.v[li],
-                    start_pos: s.cache.len(),
+                    k: &pool.k[li],
+                    v: &pool.v[li],
+                    blocks: s.blocks,
+                    block_size: pool.block_size(),
+                    start_pos: s.start_pos,
                     n_new: s.tokens.len(),
                     q_offset: offset,
                 });
@@ -599,10 +722,6 @@ impl Model {
                 kernels::rms_norm_inplace(&mut d, w, eps, hidden);
             }
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
-        }
-        for s in batch.iter_mut() {
-            let n = s.cache.len() + s.tokens.len();
-            s.cache.set_len(n);
         }
         if rows.is_empty() {
             return Ok(Tensor::zeros(

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use govlm_inference::config::{DeviceSpec, ResolvedModel, Source};
+use govlm_inference::config::{DeviceSpec, ResolvedModel, SchedulerConfig, Source};
 use govlm_inference::engine::EngineHandle;
 use govlm_server::{router, AppState};
 use serde_json::Value;
@@ -39,6 +39,7 @@ pub fn resolved(
         context_length: Some(context_length),
         device: DeviceSpec::Cpu,
         max_waiting: 64,
+        scheduler: SchedulerConfig::defaults_for(DeviceSpec::Cpu),
     }
 }
 

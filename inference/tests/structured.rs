@@ -1,0 +1,392 @@
+//! Structured output through the engine: outputs constrained by a JSON schema parse and validate
+//! (checked with the independent `jsonschema` crate), `json_object` gives an object, a
+//! `max_tokens` cut ends with `length`, and constrained sequences batch with free ones without
+//! changing anyone's text. Real models: SmolLM2-135M (fast) and the default Qwen2.5 0.5B (a
+//! second tokenizer with padded logits rows, and the hotline case-record schema).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use govlm_inference::chat_template::ChatMessage;
+use govlm_inference::config::{DeviceSpec, KvMemory, ResolvedModel, SchedulerConfig, Source};
+use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
+use govlm_inference::sampling::SamplingParams;
+use govlm_inference::structured::{ResponseFormat, StructuredError};
+use serde_json::{json, Value};
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+fn engine(file: &str) -> EngineHandle {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    assert!(
+        path.is_file(),
+        "model file {} missing: run `make models` first",
+        path.display()
+    );
+    let mut scheduler = SchedulerConfig::defaults_for(DeviceSpec::Cpu);
+    scheduler.kv_cache_memory = KvMemory::Bytes(256 << 20);
+    EngineHandle::spawn(&ResolvedModel {
+        id: "test".into(),
+        gguf: path,
+        tokenizer: Source::Gguf,
+        chat_template: Source::Gguf,
+        context_length: Some(4096),
+        device: DeviceSpec::Cpu,
+        max_waiting: 64,
+        scheduler,
+    })
+    .expect("spawn engine")
+}
+
+/// Chat prompt ids, as the server renders them.
+fn chat_ids(e: &EngineHandle, system: &str, user: &str) -> Vec<u32> {
+    let msgs = [ChatMessage::new("system", system), ChatMessage::new("user", user)];
+    let text = e
+        .chat_template()
+        .render(&msgs, true, None)
+        .expect("render chat");
+    let tok = e.tokenizer();
+    let has_bos = tok
+        .bos_token()
+        .is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    tok.encode(&text, !has_bos).expect("encode")
+}
+
+fn request(
+    prompt_ids: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    constraint: Option<govlm_inference::structured::Constraint>,
+) -> GenerateRequest {
+    GenerateRequest {
+        prompt_ids,
+        max_tokens,
+        sampling,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+        prompt_logprobs: None,
+        priority: Default::default(),
+        constraint,
+    }
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+fn seeded(seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    }
+}
+
+/// (text, generated ids, finish reason) of one request.
+fn collect(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (String, Vec<u32>, FinishReason) {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    loop {
+        match rx
+            .blocking_recv()
+            .expect("engine closed the stream without Finished")
+        {
+            Event::Delta { text: t, tokens } => {
+                text.push_str(&t);
+                ids.extend(tokens.iter().map(|t| t.id));
+            }
+            Event::Finished { reason, .. } => return (text, ids, reason),
+            Event::PromptLogprobs(_) => {}
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+}
+
+fn schema_format(schema: &Value) -> ResponseFormat {
+    ResponseFormat::JsonSchema {
+        name: Some("test".into()),
+        schema: schema.clone(),
+        strict: true,
+    }
+}
+
+fn run(
+    e: &EngineHandle,
+    ids: &[u32],
+    max_tokens: usize,
+    sampling: SamplingParams,
+    format: Option<&ResponseFormat>,
+) -> (String, Vec<u32>, FinishReason) {
+    let constraint = format.map(|f| e.structured().expect("compiler").compile(f).expect("compile"));
+    collect(
+        e.submit(request(ids.to_vec(), max_tokens, sampling, constraint))
+            .expect("submit"),
+    )
+}
+
+/// Parses `text` and validates it against `schema`; panics with the text on failure.
+fn assert_valid(schema: &Value, text: &str, what: &str) -> Value {
+    let v: Value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{what}: output does not parse ({e}): {text:?}"));
+    let validator = jsonschema::validator_for(schema).expect("test schema is valid");
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: output does not validate: {errors:?}\n{text}"
+    );
+    v
+}
+
+/// Objects, nested objects, arrays, enums, booleans, integers, a nullable field.
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "employed": {"type": "boolean"},
+            "role": {"type": "string", "enum": ["engineer", "teacher", "doctor", "other"]},
+            "skills": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 30},
+                "minItems": 1,
+                "maxItems": 3
+            },
+            "address": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 30},
+                    "district": {"type": ["string", "null"], "maxLength": 30}
+                },
+                "required": ["city", "district"],
+                "additionalProperties": false
+            }
+        },
+        "required": ["name", "age", "employed", "role", "skills", "address"],
+        "additionalProperties": false
+    })
+}
+
+const PERSON_PROMPT: &str =
+    "Describe Mary Chan, a 34 year old teacher in Sha Tin, Hong Kong, as a JSON object.";
+
+#[test]
+fn schema_outputs_parse_and_validate_greedy_and_sampled() {
+    let e = engine(SMOL);
+    let schema = person_schema();
+    let fmt = schema_format(&schema);
+    let ids = chat_ids(&e, "You answer in JSON.", PERSON_PROMPT);
+    for (what, sampling) in [
+        ("greedy", greedy()),
+        ("seed 1", seeded(1)),
+        ("seed 2", seeded(2)),
+    ] {
+        let (text, _, reason) = run(&e, &ids, 300, sampling, Some(&fmt));
+        assert_eq!(reason, FinishReason::Stop, "{what}: {text}");
+        let v = assert_valid(&schema, &text, what);
+        assert!(v["skills"].as_array().is_some_and(|a| !a.is_empty()));
+    }
+    // The same seed gives the same document.
+    let a = run(&e, &ids, 300, seeded(7), Some(&fmt));
+    let b = run(&e, &ids, 300, seeded(7), Some(&fmt));
+    assert_eq!(a.0, b.0);
+}
+
+#[test]
+fn json_object_mode_gives_an_object() {
+    let e = engine(SMOL);
+    let ids = chat_ids(
+        &e,
+        "You answer in JSON.",
+        "Give the capital cities of France and Japan.",
+    );
+    let (text, _, reason) = run(&e, &ids, 200, greedy(), Some(&ResponseFormat::JsonObject));
+    assert_eq!(reason, FinishReason::Stop, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(v.is_object(), "{text}");
+}
+
+#[test]
+fn max_tokens_cut_ends_with_length() {
+    let e = engine(SMOL);
+    let ids = chat_ids(&e, "You answer in JSON.", PERSON_PROMPT);
+    let fmt = schema_format(&person_schema());
+    let (text, toks, reason) = run(&e, &ids, 6, greedy(), Some(&fmt));
+    assert_eq!(reason, FinishReason::Length, "{text}");
+    assert_eq!(toks.len(), 6);
+    // Truncated, so not a complete document; but it is the start of the greedy document.
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    let (full, _, _) = run(&e, &ids, 300, greedy(), Some(&fmt));
+    assert!(full.starts_with(&text), "{text:?} vs {full:?}");
+}
+
+#[test]
+fn constrained_and_free_requests_batch_without_changing_results() {
+    let e = engine(SMOL);
+    let person = schema_format(&person_schema());
+    let list = schema_format(&json!({
+        "type": "object",
+        "properties": {"planets": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4}},
+        "required": ["planets"],
+        "additionalProperties": false
+    }));
+    let p1 = chat_ids(&e, "You answer in JSON.", PERSON_PROMPT);
+    let p2 = chat_ids(&e, "You answer in JSON.", "List the first planets of the solar system.");
+    let p3 = chat_ids(&e, "You are helpful.", "Write one sentence about Hong Kong.");
+    let cases: Vec<(Vec<u32>, SamplingParams, Option<&ResponseFormat>)> = vec![
+        (p1.clone(), greedy(), Some(&person)),
+        (p3.clone(), greedy(), None),
+        (p2.clone(), seeded(3), Some(&list)),
+        (p1.clone(), seeded(4), None),
+        (p2.clone(), greedy(), Some(&list)),
+    ];
+    let alone: Vec<_> = cases
+        .iter()
+        .map(|(ids, s, f)| run(&e, ids, 120, s.clone(), *f))
+        .collect();
+    let compiler = e.structured().expect("compiler");
+    let rxs: Vec<_> = cases
+        .iter()
+        .map(|(ids, s, f)| {
+            let c = f.map(|f| compiler.compile(f).expect("compile"));
+            e.submit(request(ids.clone(), 120, s.clone(), c)).expect("submit")
+        })
+        .collect();
+    let together: Vec<_> = rxs.into_iter().map(collect).collect();
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.0, t.0, "case {i}: text differs alone vs batched");
+        assert_eq!(a.2, t.2, "case {i}: finish reason differs");
+    }
+    // Clones of one compiled constraint are independent (the `n` choices of one request).
+    let c = compiler.compile(&person).expect("compile");
+    let rxs: Vec<_> = (0..2)
+        .map(|_| {
+            e.submit(request(p1.clone(), 120, greedy(), Some(c.clone())))
+                .expect("submit")
+        })
+        .collect();
+    let outs: Vec<_> = rxs.into_iter().map(collect).collect();
+    assert_eq!(outs[0].0, alone[0].0);
+    assert_eq!(outs[1].0, alone[0].0);
+}
+
+#[test]
+fn invalid_schemas_are_rejected_at_compile_time() {
+    let tok_engine = engine(SMOL);
+    let compiler = tok_engine.structured().expect("compiler");
+    for bad in [
+        json!({"type": "nosuchtype"}),
+        json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}),
+        json!({"type": "integer", "minimum": 5, "maximum": 1}),
+    ] {
+        match compiler.compile(&schema_format(&bad)) {
+            Err(StructuredError::InvalidSchema(msg)) => assert!(!msg.is_empty()),
+            other => panic!("{bad}: expected InvalidSchema, got {other:?}"),
+        }
+    }
+}
+
+/// The case-record schema of the hotline task (issue 4; departments and districts from
+/// `shared/data/hotline/README.md`), with length bounds so a small model cannot ramble.
+pub fn hotline_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "summary_en": {"type": "string", "maxLength": 400},
+            "summary_zh_hant": {"type": "string", "maxLength": 200},
+            "case_type": {"type": "string", "enum": ["enquiry", "complaint", "suggestion", "compliment"]},
+            "department": {"type": "string", "enum": [
+                "FEHD", "HD", "TD", "HyD", "WSD", "BD", "LCSD", "SWD", "EMSD", "LandsD",
+                "DSD", "EPD", "AFCD", "LD", "ImmD", "HKPF"]},
+            "district": {"enum": [
+                "Central and Western", "Wan Chai", "Eastern", "Southern", "Yau Tsim Mong",
+                "Sham Shui Po", "Kowloon City", "Wong Tai Sin", "Kwun Tong", "Kwai Tsing",
+                "Tsuen Wan", "Tuen Mun", "Yuen Long", "North", "Tai Po", "Sha Tin", "Sai Kung",
+                "Islands", null]},
+            "location": {"type": "string", "maxLength": 120},
+            "time_mentioned": {"type": ["string", "null"], "maxLength": 60},
+            "urgency": {"type": "string", "enum": ["low", "normal", "high"]},
+            "key_facts": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 5},
+            "follow_up_requested": {"type": "boolean"}
+        },
+        "required": ["summary_en", "summary_zh_hant", "case_type", "department", "district",
+                     "location", "time_mentioned", "urgency", "key_facts", "follow_up_requested"],
+        "additionalProperties": false
+    })
+}
+
+fn hotline_transcript(id: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/hotline/dev.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["id"] == id)
+        .and_then(|v| v["transcript"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{id} not in dev.jsonl"))
+}
+
+/// Qwen: padded logits rows and special tokens are never allowed; the hotline schema on a real
+/// transcript gives a valid case record.
+#[test]
+fn qwen_masks_padded_rows_and_hotline_record_validates() {
+    let e = engine(QWEN);
+    let t0 = Instant::now();
+    let compiler = e.structured().expect("compiler");
+    eprintln!(
+        "structured compiler for {} logits rows ({} tokens in the vocabulary) built in {:?}",
+        compiler.logits_width(),
+        e.tokenizer().vocab_size(),
+        t0.elapsed()
+    );
+    let width = compiler.logits_width();
+    let vocab = e.tokenizer().vocab_size();
+    assert!(width > vocab, "Qwen's embedding has padded rows");
+
+    // Inside a JSON string almost everything is allowed, but never padded rows or specials.
+    let mut c = compiler
+        .compile(&schema_format(&json!({"type": "string"})))
+        .expect("compile");
+    let quote = e.tokenizer().encode("\"", false).expect("encode");
+    assert_eq!(quote.len(), 1);
+    let zeros = vec![0.0f32; width];
+    let first = c.mask_logits(&zeros).expect("mask");
+    assert_eq!(first[quote[0] as usize], 0.0, "the opening quote is allowed");
+    c.consume(quote[0]).expect("consume quote");
+    let inside = c.mask_logits(&zeros).expect("mask").to_vec();
+    let allowed = inside.iter().filter(|x| **x == 0.0).count();
+    assert!(allowed > vocab / 2, "only {allowed} tokens allowed inside a string");
+    assert!(inside[vocab..].iter().all(|x| *x == f32::NEG_INFINITY));
+    for id in 0..vocab as u32 {
+        if e.tokenizer().is_special(id) {
+            assert_eq!(inside[id as usize], f32::NEG_INFINITY, "special token {id}");
+        }
+    }
+    let eos = e.tokenizer().eos_token_ids()[0] as usize;
+    assert_eq!(inside[eos], f32::NEG_INFINITY, "EOS inside an open string");
+
+    // The key real case: a hotline transcript to a case record.
+    let schema = hotline_schema();
+    let fmt = schema_format(&schema);
+    let system = "You turn 1823 hotline call transcripts into case records. Answer with one JSON \
+                  object: summary_en (English), summary_zh_hant (Traditional Chinese), case_type, \
+                  department (abbreviation), district (or null), location, time_mentioned (or null), \
+                  urgency, key_facts, follow_up_requested.";
+    for id in ["dev-01"] {
+        let ids = chat_ids(&e, system, &hotline_transcript(id));
+        let (text, _, reason) = run(&e, &ids, 700, greedy(), Some(&fmt));
+        assert_eq!(reason, FinishReason::Stop, "{id}: {text}");
+        let v = assert_valid(&schema, &text, id);
+        eprintln!("{id}: {v}");
+    }
+}
