@@ -232,7 +232,9 @@ impl BlockManager {
 
     /// Whether `block` is registered in the prefix cache (used or evictable).
     pub fn is_cached(&self, block: BlockId) -> bool {
-        self.blocks.get(block as usize).is_some_and(|m| m.hash.is_some())
+        self.blocks
+            .get(block as usize)
+            .is_some_and(|m| m.hash.is_some())
     }
 
     /// Number of calls ignored because they were invalid (block id out of range, releasing a
@@ -270,7 +272,9 @@ impl BlockManager {
             return probe;
         }
         let mut parent = None;
-        for chunk in tokens.chunks_exact(self.block_size).take(self.query_blocks(tokens, max_tokens))
+        for chunk in tokens
+            .chunks_exact(self.block_size)
+            .take(self.query_blocks(tokens, max_tokens))
         {
             let Some((id, hash)) = self.lookup(parent, chunk) else {
                 break;
@@ -777,7 +781,10 @@ mod tests {
         let x = bm.allocate().unwrap();
         let y = bm.allocate().unwrap();
         let hx = bm.commit_full(x, None, &toks(20..24));
-        assert!(!bm.is_cached(x), "hash 42 already cached -> existing entry kept");
+        assert!(
+            !bm.is_cached(x),
+            "hash 42 already cached -> existing entry kept"
+        );
         let _ = bm.commit_full(y, Some(hx), &toks(0..4));
         assert!(!bm.is_cached(y));
         ok(&bm);
@@ -963,7 +970,11 @@ mod tests {
         let mut live: Vec<Seq> = Vec::new();
         // A few shared prefixes so that hits actually happen; small vocabulary.
         let prefixes: Vec<Vec<u32>> = (0..4)
-            .map(|_| (0..rng.random_range(0..14)).map(|_| rng.random_range(0..3)).collect())
+            .map(|_| {
+                (0..rng.random_range(0..14))
+                    .map(|_| rng.random_range(0..3))
+                    .collect()
+            })
             .collect();
         let mut hits = 0usize;
         for _step in 0..5000 {

@@ -172,7 +172,9 @@ pub fn parse_kv_memory(value: &toml::Value) -> Result<KvMemory, String> {
     if let Some(p) = text.strip_suffix('%') {
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
         if !(p > 0.0 && p <= 100.0) {
-            return Err(format!("`kv_cache_memory` share must be in (0, 100]%, got {text}"));
+            return Err(format!(
+                "`kv_cache_memory` share must be in (0, 100]%, got {text}"
+            ));
         }
         return Ok(KvMemory::Fraction(p / 100.0));
     }
@@ -326,7 +328,11 @@ impl ModelSpec {
         }
         for (key, value, slot) in [
             ("block_size", self.block_size, &mut scheduler.block_size),
-            ("max_num_seqs", self.max_num_seqs, &mut scheduler.max_num_seqs),
+            (
+                "max_num_seqs",
+                self.max_num_seqs,
+                &mut scheduler.max_num_seqs,
+            ),
             (
                 "max_batch_tokens",
                 self.max_batch_tokens,
@@ -490,7 +496,10 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{extra}: {err}");
         };
-        check("max_num_seqs = 300\nmax_batch_tokens = 256", "max_batch_tokens");
+        check(
+            "max_num_seqs = 300\nmax_batch_tokens = 256",
+            "max_batch_tokens",
+        );
         check("block_size = 0", "block_size");
         check("kv_cache_memory = \"lots\"", "kv_cache_memory");
         let ok = parse(&format!(

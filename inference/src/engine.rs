@@ -202,6 +202,8 @@ struct Shared {
     >,
     /// Width of a logits row (tokens); may exceed the tokenizer's vocabulary.
     logits_width: usize,
+    /// Token ids the grammar never allows (GGUF token types unused / unknown).
+    structured_excluded: Vec<u32>,
     // structured output (end)
 }
 
@@ -274,6 +276,8 @@ impl EngineHandle {
                 id: id.clone(),
                 source,
             })?;
+        // structured output: vocabulary entries that must never be generated (unused, unknown).
+        let structured_excluded = crate::structured::unusable_token_ids(&content.metadata);
         drop(content);
         let trained = model.config().context_length;
         let context_length = match spec.context_length {
@@ -289,12 +293,11 @@ impl EngineHandle {
         };
         let sched = &spec.scheduler;
         let block_bytes = model.kv_bytes_per_token() * sched.block_size;
-        let pool_bytes = kv_pool_bytes(sched.kv_cache_memory).map_err(|message| {
-            EngineError::KvCache {
+        let pool_bytes =
+            kv_pool_bytes(sched.kv_cache_memory).map_err(|message| EngineError::KvCache {
                 id: id.clone(),
                 message,
-            }
-        })?;
+            })?;
         let num_blocks = (pool_bytes / block_bytes as u64) as usize;
         if num_blocks == 0 {
             return Err(EngineError::KvCache {
@@ -377,6 +380,7 @@ impl EngineHandle {
                 metrics,
                 structured: std::sync::OnceLock::new(), // structured output
                 logits_width,                           // structured output
+                structured_excluded,                    // structured output
             }),
         })
     }
@@ -414,6 +418,7 @@ impl EngineHandle {
                 crate::structured::StructuredCompiler::new(
                     &self.shared.tokenizer,
                     self.shared.logits_width,
+                    &self.shared.structured_excluded,
                 )
             })
             .as_ref()
@@ -479,7 +484,9 @@ fn kv_pool_bytes(mem: KvMemory) -> Result<u64, String> {
         KvMemory::Bytes(b) => Ok(b),
         KvMemory::Fraction(f) => {
             let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| {
-                format!("a share of available memory needs /proc/meminfo ({e}); give a size in bytes")
+                format!(
+                    "a share of available memory needs /proc/meminfo ({e}); give a size in bytes"
+                )
             })?;
             let kib: u64 = text
                 .lines()

@@ -13,15 +13,19 @@
 //!   sequence ends with finish reason `stop`; a sequence cut by `max_tokens` ends with `length`
 //!   and its JSON is incomplete (as with OpenAI and vLLM, clients must check `finish_reason`).
 //!
-//! Rows of the logits without a vocabulary entry (padded embedding rows) and special tokens
-//! (`<|im_start|>`, ...) are never allowed; EOS tokens are allowed exactly when the document is
+//! Rows of the logits without a vocabulary entry (padded embedding rows), entries the GGUF marks
+//! unused or unknown (Qwen's `[PAD151665]`...) and special tokens (`<|im_start|>`, ...) are never
+//! allowed; EOS tokens are allowed exactly when the document is
 //! complete.
 //!
 //! JSON is generated compactly with `", "` and `": "` separators and no other whitespace
 //! (small models otherwise tend to loop on newlines); a schema may override this with
 //! llguidance's `x-guidance` key. Only local `$ref`s (`#/...`) are resolved.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
@@ -87,13 +91,11 @@ impl ResponseFormat {
         };
         let kind = match f.get("type") {
             Some(Value::String(s)) => s.as_str(),
-            _ => {
-                return Err(bad(
-                    "response_format.type",
-                    "`response_format.type` is required: one of `text`, `json_object`, `json_schema`."
-                        .into(),
-                ))
-            }
+            _ => return Err(bad(
+                "response_format.type",
+                "`response_format.type` is required: one of `text`, `json_object`, `json_schema`."
+                    .into(),
+            )),
         };
         match kind {
             "text" => Ok(None),
@@ -175,6 +177,38 @@ impl ResponseFormat {
     }
 }
 
+/// GGUF token types (llama.cpp's `llama_token_type`) that are never text: 2 unknown, 5 unused
+/// (e.g. Qwen's `[PAD151665]` rows).
+const UNUSABLE_TOKEN_TYPES: [i64; 2] = [2, 5];
+
+/// Ids whose GGUF `tokenizer.ggml.token_type` marks them unknown or unused: vocabulary entries
+/// such as `[PAD151665]` that a grammar must never let the model spell. Empty when the metadata
+/// has no token types.
+pub fn unusable_token_ids(metadata: &HashMap<String, gguf_file::Value>) -> Vec<u32> {
+    let Some(gguf_file::Value::Array(types)) = metadata.get("tokenizer.ggml.token_type") else {
+        return Vec::new();
+    };
+    types
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| {
+            let t = match v {
+                gguf_file::Value::I32(x) => i64::from(*x),
+                gguf_file::Value::U32(x) => i64::from(*x),
+                gguf_file::Value::I64(x) => *x,
+                gguf_file::Value::U64(x) => i64::try_from(*x).unwrap_or(i64::MAX),
+                gguf_file::Value::I16(x) => i64::from(*x),
+                gguf_file::Value::U16(x) => i64::from(*x),
+                gguf_file::Value::I8(x) => i64::from(*x),
+                gguf_file::Value::U8(x) => i64::from(*x),
+                _ => 1,
+            };
+            UNUSABLE_TOKEN_TYPES.contains(&t)
+        })
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
 /// Per-model compiler of response formats into [`Constraint`]s. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct StructuredCompiler {
@@ -229,11 +263,16 @@ impl TokenizerEnv for TokEnv {
 impl StructuredCompiler {
     /// Builds the token trie and grammar factory for `tokenizer`, whose logits rows are
     /// `logits_width` wide (`>= tokenizer.vocab_size()`; extra rows are never allowed).
+    /// `excluded` ids (see [`unusable_token_ids`]) are never allowed either.
     ///
     /// Cost: one pass over the vocabulary plus llguidance's lexer slices; a few hundred ms for a
     /// 151,936-token vocabulary. Errors: [`StructuredError::Unavailable`] when the tokenizer has
     /// no EOS token or llguidance rejects the vocabulary.
-    pub fn new(tokenizer: &Tokenizer, logits_width: usize) -> Result<Self, StructuredError> {
+    pub fn new(
+        tokenizer: &Tokenizer,
+        logits_width: usize,
+        excluded: &[u32],
+    ) -> Result<Self, StructuredError> {
         let width = logits_width.max(tokenizer.vocab_size());
         let eos = tokenizer.eos_token_ids();
         let Some(&first_eos) = eos.first() else {
@@ -242,10 +281,16 @@ impl StructuredCompiler {
             ));
         };
         let real = tokenizer.vocab_size();
+        let mut usable = vec![true; width];
+        for &id in excluded {
+            if let Some(u) = usable.get_mut(id as usize) {
+                *u = false;
+            }
+        }
         let words: Vec<Vec<u8>> = (0..width)
             .map(|i| {
                 let id = i as u32;
-                if i >= real {
+                if i >= real || (!usable[i] && !eos.contains(&id)) {
                     return Vec::new();
                 }
                 let bytes = tokenizer.token_bytes(id);
@@ -273,8 +318,8 @@ impl StructuredCompiler {
         };
         let trie = std::panic::catch_unwind(|| TokTrie::from(&info, &words).with_eos_tokens(eos))
             .map_err(|_| {
-                StructuredError::Unavailable("cannot build the token trie of the vocabulary".into())
-            })?;
+            StructuredError::Unavailable("cannot build the token trie of the vocabulary".into())
+        })?;
         let env: llguidance::toktrie::TokEnv = Arc::new(TokEnv {
             trie,
             tokenizer: tokenizer.clone(),

@@ -1,8 +1,9 @@
 //! Structured output through the engine: outputs constrained by a JSON schema parse and validate
 //! (checked with the independent `jsonschema` crate), `json_object` gives an object, a
 //! `max_tokens` cut ends with `length`, and constrained sequences batch with free ones without
-//! changing anyone's text. Real models: SmolLM2-135M (fast) and the default Qwen2.5 0.5B (a
-//! second tokenizer with padded logits rows, and the hotline case-record schema).
+//! changing anyone's text, on SmolLM2-135M. The vocabularies of the default Qwen2.5 (padding
+//! entries) and Gemma 3 (SentencePiece) are checked without loading weights. The hotline
+//! case-record schema on the default model runs over HTTP in server/tests/structured.rs.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +12,11 @@ use govlm_inference::chat_template::ChatMessage;
 use govlm_inference::config::{DeviceSpec, KvMemory, ResolvedModel, SchedulerConfig, Source};
 use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
 use govlm_inference::sampling::SamplingParams;
-use govlm_inference::structured::{ResponseFormat, StructuredError};
+use candle_core::quantized::gguf_file;
+use govlm_inference::structured::{
+    unusable_token_ids, ResponseFormat, StructuredCompiler, StructuredError,
+};
+use govlm_inference::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -43,7 +48,10 @@ fn engine(file: &str) -> EngineHandle {
 
 /// Chat prompt ids, as the server renders them.
 fn chat_ids(e: &EngineHandle, system: &str, user: &str) -> Vec<u32> {
-    let msgs = [ChatMessage::new("system", system), ChatMessage::new("user", user)];
+    let msgs = [
+        ChatMessage::new("system", system),
+        ChatMessage::new("user", user),
+    ];
     let text = e
         .chat_template()
         .render(&msgs, true, None)
@@ -127,7 +135,12 @@ fn run(
     sampling: SamplingParams,
     format: Option<&ResponseFormat>,
 ) -> (String, Vec<u32>, FinishReason) {
-    let constraint = format.map(|f| e.structured().expect("compiler").compile(f).expect("compile"));
+    let constraint = format.map(|f| {
+        e.structured()
+            .expect("compiler")
+            .compile(f)
+            .expect("compile")
+    });
     collect(
         e.submit(request(ids.to_vec(), max_tokens, sampling, constraint))
             .expect("submit"),
@@ -241,8 +254,16 @@ fn constrained_and_free_requests_batch_without_changing_results() {
         "additionalProperties": false
     }));
     let p1 = chat_ids(&e, "You answer in JSON.", PERSON_PROMPT);
-    let p2 = chat_ids(&e, "You answer in JSON.", "List the first planets of the solar system.");
-    let p3 = chat_ids(&e, "You are helpful.", "Write one sentence about Hong Kong.");
+    let p2 = chat_ids(
+        &e,
+        "You answer in JSON.",
+        "List the first planets of the solar system.",
+    );
+    let p3 = chat_ids(
+        &e,
+        "You are helpful.",
+        "Write one sentence about Hong Kong.",
+    );
     let cases: Vec<(Vec<u32>, SamplingParams, Option<&ResponseFormat>)> = vec![
         (p1.clone(), greedy(), Some(&person)),
         (p3.clone(), greedy(), None),
@@ -259,7 +280,8 @@ fn constrained_and_free_requests_batch_without_changing_results() {
         .iter()
         .map(|(ids, s, f)| {
             let c = f.map(|f| compiler.compile(f).expect("compile"));
-            e.submit(request(ids.clone(), 120, s.clone(), c)).expect("submit")
+            e.submit(request(ids.clone(), 120, s.clone(), c))
+                .expect("submit")
         })
         .collect();
     let together: Vec<_> = rxs.into_iter().map(collect).collect();
@@ -296,97 +318,114 @@ fn invalid_schemas_are_rejected_at_compile_time() {
     }
 }
 
-/// The case-record schema of the hotline task (issue 4; departments and districts from
-/// `shared/data/hotline/README.md`), with length bounds so a small model cannot ramble.
-pub fn hotline_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "summary_en": {"type": "string", "maxLength": 400},
-            "summary_zh_hant": {"type": "string", "maxLength": 200},
-            "case_type": {"type": "string", "enum": ["enquiry", "complaint", "suggestion", "compliment"]},
-            "department": {"type": "string", "enum": [
-                "FEHD", "HD", "TD", "HyD", "WSD", "BD", "LCSD", "SWD", "EMSD", "LandsD",
-                "DSD", "EPD", "AFCD", "LD", "ImmD", "HKPF"]},
-            "district": {"enum": [
-                "Central and Western", "Wan Chai", "Eastern", "Southern", "Yau Tsim Mong",
-                "Sham Shui Po", "Kowloon City", "Wong Tai Sin", "Kwun Tong", "Kwai Tsing",
-                "Tsuen Wan", "Tuen Mun", "Yuen Long", "North", "Tai Po", "Sha Tin", "Sai Kung",
-                "Islands", null]},
-            "location": {"type": "string", "maxLength": 120},
-            "time_mentioned": {"type": ["string", "null"], "maxLength": 60},
-            "urgency": {"type": "string", "enum": ["low", "normal", "high"]},
-            "key_facts": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 5},
-            "follow_up_requested": {"type": "boolean"}
-        },
-        "required": ["summary_en", "summary_zh_hant", "case_type", "department", "district",
-                     "location", "time_mentioned", "urgency", "key_facts", "follow_up_requested"],
-        "additionalProperties": false
-    })
-}
-
-fn hotline_transcript(id: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/hotline/dev.jsonl");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["id"] == id)
-        .and_then(|v| v["transcript"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("{id} not in dev.jsonl"))
-}
-
-/// Qwen: padded logits rows and special tokens are never allowed; the hotline schema on a real
-/// transcript gives a valid case record.
-#[test]
-fn qwen_masks_padded_rows_and_hotline_record_validates() {
-    let e = engine(QWEN);
+/// A compiler built straight from a GGUF file's tokenizer (no model weights needed).
+fn compiler_from_gguf(file: &str) -> (Tokenizer, StructuredCompiler, std::time::Duration) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    let mut f = std::fs::File::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make models`)", path.display()));
+    let content = gguf_file::Content::read(&mut f).expect("read GGUF");
+    let tokenizer = Tokenizer::from_gguf(&content.metadata).expect("tokenizer");
+    let excluded = unusable_token_ids(&content.metadata);
     let t0 = Instant::now();
-    let compiler = e.structured().expect("compiler");
-    eprintln!(
-        "structured compiler for {} logits rows ({} tokens in the vocabulary) built in {:?}",
-        compiler.logits_width(),
-        e.tokenizer().vocab_size(),
-        t0.elapsed()
-    );
-    let width = compiler.logits_width();
-    let vocab = e.tokenizer().vocab_size();
-    assert!(width > vocab, "Qwen's embedding has padded rows");
+    let compiler = StructuredCompiler::new(&tokenizer, tokenizer.vocab_size(), &excluded)
+        .expect("compiler");
+    (tokenizer, compiler, t0.elapsed())
+}
 
-    // Inside a JSON string almost everything is allowed, but never padded rows or specials.
+/// Feeds `doc`, tokenized by the model's own tokenizer, through a fresh constraint: every token
+/// must be allowed by the mask, and the document must end complete.
+fn replay_document(tokenizer: &Tokenizer, compiler: &StructuredCompiler, format: &ResponseFormat, doc: &str) {
+    let mut c = compiler.compile(format).expect("compile");
+    let zeros = vec![0.0f32; compiler.logits_width()];
+    let ids = tokenizer.encode(doc, false).expect("encode");
+    for (i, &t) in ids.iter().enumerate() {
+        let masked = c.mask_logits(&zeros).expect("mask");
+        assert_eq!(
+            masked[t as usize], 0.0,
+            "token {i} ({t}, {:?}) of {doc:?} is masked",
+            tokenizer.token_text(t)
+        );
+        c.consume(t).expect("consume");
+    }
+    assert!(c.is_complete() || c.is_accepting(), "{doc:?} is not complete");
+}
+
+/// Qwen (the default model): padding entries of the vocabulary and special tokens are never
+/// allowed; a case record in the grammar's own layout, tokenized naturally, is accepted.
+#[test]
+fn qwen_vocabulary_masks_padding_and_specials() {
+    let (tok, compiler, build) = compiler_from_gguf(QWEN);
+    eprintln!(
+        "structured compiler for {} logits rows built in {build:?}",
+        compiler.logits_width()
+    );
+    let vocab = tok.vocab_size();
+    // Qwen's GGUF pads its vocabulary to the embedding's 151,936 rows with unused `[PAD...]`
+    // entries (token type 5).
+    let padding: Vec<usize> = (0..vocab)
+        .filter(|&i| tok.token_text(i as u32).starts_with("[PAD"))
+        .collect();
+    assert!(padding.len() > 200, "{} padding entries", padding.len());
+
+    // Inside a JSON string almost everything is allowed, but never padding, specials or EOS.
     let mut c = compiler
         .compile(&schema_format(&json!({"type": "string"})))
         .expect("compile");
-    let quote = e.tokenizer().encode("\"", false).expect("encode");
+    let quote = tok.encode("\"", false).expect("encode");
     assert_eq!(quote.len(), 1);
-    let zeros = vec![0.0f32; width];
-    let first = c.mask_logits(&zeros).expect("mask");
-    assert_eq!(first[quote[0] as usize], 0.0, "the opening quote is allowed");
+    let zeros = vec![0.0f32; compiler.logits_width()];
+    assert_eq!(c.mask_logits(&zeros).expect("mask")[quote[0] as usize], 0.0);
     c.consume(quote[0]).expect("consume quote");
     let inside = c.mask_logits(&zeros).expect("mask").to_vec();
     let allowed = inside.iter().filter(|x| **x == 0.0).count();
     assert!(allowed > vocab / 2, "only {allowed} tokens allowed inside a string");
-    assert!(inside[vocab..].iter().all(|x| *x == f32::NEG_INFINITY));
+    for &id in &padding {
+        assert_eq!(inside[id], f32::NEG_INFINITY, "padding entry {id} allowed");
+    }
     for id in 0..vocab as u32 {
-        if e.tokenizer().is_special(id) {
+        if tok.is_special(id) {
             assert_eq!(inside[id as usize], f32::NEG_INFINITY, "special token {id}");
         }
     }
-    let eos = e.tokenizer().eos_token_ids()[0] as usize;
-    assert_eq!(inside[eos], f32::NEG_INFINITY, "EOS inside an open string");
-
-    // The key real case: a hotline transcript to a case record.
-    let schema = hotline_schema();
-    let fmt = schema_format(&schema);
-    let system = "You turn 1823 hotline call transcripts into case records. Answer with one JSON \
-                  object: summary_en (English), summary_zh_hant (Traditional Chinese), case_type, \
-                  department (abbreviation), district (or null), location, time_mentioned (or null), \
-                  urgency, key_facts, follow_up_requested.";
-    for id in ["dev-01"] {
-        let ids = chat_ids(&e, system, &hotline_transcript(id));
-        let (text, _, reason) = run(&e, &ids, 700, greedy(), Some(&fmt));
-        assert_eq!(reason, FinishReason::Stop, "{id}: {text}");
-        let v = assert_valid(&schema, &text, id);
-        eprintln!("{id}: {v}");
+    for &eos in tok.eos_token_ids() {
+        assert_eq!(inside[eos as usize], f32::NEG_INFINITY, "EOS inside an open string");
     }
+    // Logits rows beyond the mask (a wider embedding) are forbidden too.
+    let wider = vec![0.0f32; compiler.logits_width() + 64];
+    let masked = c.mask_logits(&wider).expect("mask");
+    assert!(masked[compiler.logits_width()..].iter().all(|x| *x == f32::NEG_INFINITY));
+
+    let record = r#"{"case_type": "complaint", "department": "FEHD", "district": "Sham Shui Po", "facts": ["rubbish piled up for a week", "老鼠走來走去"], "urgent": false}"#;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "case_type": {"enum": ["enquiry", "complaint", "suggestion", "compliment"]},
+            "department": {"enum": ["FEHD", "HD", "TD", "HyD"]},
+            "district": {"type": ["string", "null"]},
+            "facts": {"type": "array", "items": {"type": "string"}},
+            "urgent": {"type": "boolean"}
+        },
+        "required": ["case_type", "department", "district", "facts", "urgent"],
+        "additionalProperties": false
+    });
+    replay_document(&tok, &compiler, &schema_format(&schema), record);
+}
+
+/// Gemma's SentencePiece vocabulary (`▁` spaces, byte-fallback pieces) gives the same text to
+/// the grammar as the detokenizer does.
+#[test]
+fn gemma_sentencepiece_vocabulary_replays_documents() {
+    let (tok, compiler, build) = compiler_from_gguf("gemma-3-270m-q4_k_m.gguf");
+    eprintln!(
+        "gemma: structured compiler for {} logits rows built in {build:?}",
+        compiler.logits_width()
+    );
+    replay_document(
+        &tok,
+        &compiler,
+        &ResponseFormat::JsonObject,
+        r#"{"name": "Mary Chan", "city": "香港 Sha Tin", "tags": ["a b", "ü"], "n": 3}"#,
+    );
 }

@@ -186,6 +186,39 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+impl From<crate::batch::BatchError> for ApiError {
+    fn from(e: crate::batch::BatchError) -> Self {
+        use crate::batch::BatchError as B;
+        let message = e.to_string();
+        match e {
+            B::FileNotFound(_) | B::BatchNotFound(_) => {
+                let param = if matches!(e, B::FileNotFound(_)) {
+                    "file_id"
+                } else {
+                    "batch_id"
+                };
+                let mut err =
+                    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message);
+                err.param = Some(param.into());
+                err
+            }
+            B::Invalid { param, message } => ApiError::invalid(param, message),
+            B::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "invalid_request_error", m),
+            B::TooLarge(limit) => ApiError::payload_too_large(limit),
+            B::Stopped => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "The batch service has stopped; the server needs a restart.",
+                );
+                err.code = Some("batch_service_unavailable");
+                err
+            }
+            B::Store(_) | B::Io(_) | B::Json(_) => ApiError::internal(message),
+        }
+    }
+}
+
 impl From<TemplateError> for ApiError {
     fn from(e: TemplateError) -> Self {
         let message = match e {
@@ -193,6 +226,23 @@ impl From<TemplateError> for ApiError {
             TemplateError::Render(m) => m,
         };
         ApiError::invalid("messages", message)
+    }
+}
+
+impl From<govlm_inference::structured::StructuredError> for ApiError {
+    /// Format, schema and availability errors are the request's fault (400, param
+    /// `response_format`); a grammar failure during generation is a 500.
+    fn from(e: govlm_inference::structured::StructuredError) -> Self {
+        use govlm_inference::structured::StructuredError as S;
+        match e {
+            S::InvalidFormat { message, .. } => ApiError::invalid("response_format", message),
+            S::InvalidSchema(m) => ApiError::invalid(
+                "response_format",
+                format!("Invalid schema in `response_format.json_schema.schema`: {m}"),
+            ),
+            S::Unavailable(_) => ApiError::invalid("response_format", e.to_string()),
+            S::Decoding(_) => ApiError::internal(e.to_string()),
+        }
     }
 }
 

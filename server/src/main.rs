@@ -83,6 +83,13 @@ struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Directory of the Files and Batch APIs' database and files (created if missing).
+    #[arg(long, default_value = "data", env = "GOVLM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Directory of prompt templates (default: `prompts` if it exists). A bad template stops
+    /// the server with an error naming the file.
+    #[arg(long, env = "GOVLM_PROMPTS_DIR")]
+    prompts_dir: Option<PathBuf>,
 }
 
 fn init_tracing() {
@@ -109,6 +116,8 @@ fn main() -> anyhow::Result<()> {
                 port: a.port,
                 only_model: a.model,
                 max_body_bytes: a.max_body_bytes,
+                data_dir: a.data_dir,
+                prompts_dir: a.prompts_dir,
             }))
         }
     }

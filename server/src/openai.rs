@@ -50,7 +50,19 @@ pub struct ChatCompletionRequest {
     /// Required by OpenAI; when absent the server's default model is used.
     #[serde(default)]
     pub model: Option<String>,
+    /// May be omitted (empty) when `prompt` supplies the messages.
+    #[serde(default)]
     pub messages: Vec<ChatMessageIn>,
+    /// govlm: a prompt-library template, `{"id", "version"?, "variables"?}` (the shape of OpenAI's
+    /// reusable prompts), rendered into leading system and user messages by
+    /// [`crate::prompts::expand_chat_request`]. Kept raw so that errors name e.g.
+    /// `prompt.variables.transcript`.
+    #[serde(default)]
+    pub prompt: Option<Value>,
+    /// govlm: convert the output to another Chinese script: `"hk"` / `"zh-Hant-HK"` = Traditional
+    /// Chinese, Hong Kong standard (OpenCC s2hk). Also set by a template's `output_script`.
+    #[serde(default)]
+    pub chinese_script: Option<String>,
     #[serde(default)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
@@ -90,6 +102,10 @@ pub struct CompletionRequest {
     /// Legacy logprobs: number of alternatives (0..=5) per token.
     #[serde(default)]
     pub logprobs: Option<i64>,
+    /// Structured output, as on chat completions (`json_object` / `json_schema`; vLLM accepts it
+    /// here too).
+    #[serde(default)]
+    pub response_format: Option<Value>,
     /// Prepend the prompt to the text (and its logprobs to `logprobs`).
     #[serde(default)]
     pub echo: Option<bool>,

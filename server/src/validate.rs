@@ -322,19 +322,30 @@ pub fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<usize>, ApiEr
     Ok(want.then_some(top))
 }
 
-/// `response_format`: only absent, null or `{"type": "text"}`.
-pub fn response_format(v: Option<&Value>) -> Result<(), ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(()),
-        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
-        Some(f) => {
-            let kind = f.get("type").and_then(Value::as_str).unwrap_or("?");
-            Err(ApiError::invalid(
-                "response_format",
-                format!("`response_format` of type `{kind}` is not supported yet; only `text`."),
-            ))
-        }
-    }
+/// `response_format`: absent, `null` and `{"type": "text"}` give `None`; `json_object` and
+/// `json_schema` give the format to enforce. Errors: 400 with param `response_format`, the
+/// message naming the sub-field at fault.
+pub fn response_format(
+    v: Option<&Value>,
+) -> Result<Option<govlm_inference::structured::ResponseFormat>, ApiError> {
+    Ok(govlm_inference::structured::ResponseFormat::parse(v)?)
+}
+
+/// Validates `response_format` and compiles it for `engine` into the constraint every sequence
+/// of the request starts from (clone it per sequence). Runs on the blocking pool: the model's
+/// compiler is built on first use. Errors: 400 with param `response_format` (malformed field,
+/// invalid or unsupported schema, model without structured output).
+pub async fn response_constraint(
+    engine: &govlm_inference::engine::EngineHandle,
+    v: Option<&Value>,
+) -> Result<Option<govlm_inference::structured::Constraint>, ApiError> {
+    let Some(format) = response_format(v)? else {
+        return Ok(None);
+    };
+    let eng = engine.clone();
+    crate::routes::blocking(move || Ok(eng.structured()?.compile(&format)?))
+        .await
+        .map(Some)
 }
 
 /// Completion-only options after validation.
@@ -524,6 +535,8 @@ pub fn generate_requests(
                 stop_token_ids: common.stop_token_ids.clone(),
                 ignore_eos: common.ignore_eos,
                 prompt_logprobs,
+                priority: Default::default(),
+                constraint: None,
             }
         })
         .collect()
@@ -696,10 +709,11 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
-        assert!(response_format(Some(&json!({"type": "text"}))).is_ok());
-        let e = response_format(Some(&json!({"type": "json_object"}))).unwrap_err();
+        assert!(response_format(Some(&json!({"type": "text"}))).unwrap().is_none());
+        assert!(response_format(Some(&json!({"type": "json_object"}))).unwrap().is_some());
+        let e = response_format(Some(&json!({"type": "xml"}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
-        assert!(e.message.contains("not supported yet"));
+        assert!(e.message.contains("`xml` is not supported"), "{}", e.message);
     }
 
     fn completion(v: Value) -> CompletionRequest {

@@ -498,7 +498,13 @@ impl Model {
     /// lazily by the OS). Errors: `Unsupported` for a zero or overflowing size.
     pub fn new_kv_pool(&self, block_size: usize, num_blocks: usize) -> Result<KvPool, ModelError> {
         let c = &self.config;
-        KvPool::new(c.num_layers, c.num_kv_heads, c.head_dim, block_size, num_blocks)
+        KvPool::new(
+            c.num_layers,
+            c.num_kv_heads,
+            c.head_dim,
+            block_size,
+            num_blocks,
+        )
     }
 
     /// Bytes of KV cache one token takes over all layers (keys and values, f32).

@@ -4,8 +4,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use govlm_inference::chat_template::ChatMessage;
-use govlm_inference::engine::{EngineHandle, Event, GeneratedToken};
+use govlm_inference::engine::{EngineHandle, Event, GeneratedToken, Priority};
 use govlm_inference::tokenizer::Tokenizer;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use govlm_inference::script::{EventConverter, ScriptConverter};
 
 use crate::error::ApiError;
 use crate::json::OpenAiJson;
@@ -65,11 +68,40 @@ fn logprobs_of(tokens: &[GeneratedToken], tokenizer: &Tokenizer) -> ChatLogprobs
     }
 }
 
-/// The handler.
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
-) -> Result<Response, ApiError> {
+/// A validated chat request whose sequences are queued in the engine.
+pub struct ChatRun {
+    pub engine: EngineHandle,
+    pub meta: ResponseMeta,
+    /// One event receiver per choice.
+    pub receivers: Vec<UnboundedReceiver<Event>>,
+    /// Tokens of the rendered conversation.
+    pub prompt_tokens: usize,
+    /// `Some(k)`: return logprobs with `k` alternatives per token.
+    pub top_logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Converts the output to Traditional Chinese (Hong Kong) when the request asked for it.
+    pub script: Option<ScriptConverter>,
+}
+
+/// Validates a chat request, renders and tokenizes it, and queues its `n` sequences at
+/// `priority`. Errors: 400 naming the `param` at fault, 404 unknown model, 429 queue full,
+/// 503 engine stopped.
+pub async fn start_chat(
+    state: &AppState,
+    req: ChatCompletionRequest,
+    priority: Priority,
+) -> Result<ChatRun, ApiError> {
+    let mut req = req;
+    // A `prompt` object renders a library template into messages and settings (also for Batch
+    // API lines); it may set `chinese_script`, so that is read afterwards.
+    crate::prompts::expand_chat_request(&state.prompts, &mut req)?;
+    let script = match crate::prompts::chinese_script(req.chinese_script.as_deref())? {
+        None => None,
+        Some(_) => Some(state.s2hk.clone().ok_or_else(|| {
+            ApiError::internal("Chinese script conversion is unavailable on this server")
+        })?),
+    };
     let engine = state.engine(req.model.as_deref())?.clone();
     let common = validate::common(&req.sampling, engine.tokenizer().vocab_size())?;
     let messages = validate::chat_messages(&req.messages)?;
@@ -80,7 +112,7 @@ pub async fn chat_completions(
         "max_tokens"
     };
     let top_logprobs = validate::chat_logprobs(&req)?;
-    validate::response_format(req.response_format.as_ref())?;
+    let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
     let tools = req.tools.filter(|t| !t.is_null());
 
     let eng = engine.clone();
@@ -100,23 +132,38 @@ pub async fn chat_completions(
         max_param,
     )?;
     let prompt_tokens = prompt_ids.len();
-    let reqs = validate::generate_requests(&prompt_ids, max_tokens, &common, top_logprobs, None);
+    let mut reqs =
+        validate::generate_requests(&prompt_ids, max_tokens, &common, top_logprobs, None);
+    for r in &mut reqs {
+        r.priority = priority;
+        r.constraint = constraint.clone(); // structured output: one grammar state per choice
+    }
     let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("chatcmpl", engine.model_id());
+    Ok(ChatRun {
+        engine,
+        meta,
+        receivers,
+        prompt_tokens,
+        top_logprobs,
+        stream: common.stream,
+        include_usage: common.include_usage,
+        script,
+    })
+}
 
-    if common.stream {
-        let maker = ChatChunks {
-            meta,
-            tokenizer: engine.tokenizer().clone(),
-            n: receivers.len(),
-            logprobs: top_logprobs.is_some(),
-            include_usage: common.include_usage,
-            prompt_tokens,
-            completion_tokens: 0,
-        };
-        return Ok(sse::stream_response(maker, receivers));
-    }
-
+/// Waits for every choice of `run` and builds the (non-streamed) response.
+/// Errors: 500 generation failed, 503 engine stopped.
+pub async fn finish_chat(run: ChatRun) -> Result<ChatCompletionResponse, ApiError> {
+    let ChatRun {
+        engine,
+        meta,
+        receivers,
+        prompt_tokens,
+        top_logprobs,
+        script,
+        ..
+    } = run;
     let outputs = collect_all(receivers).await?;
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
     let tokenizer = engine.tokenizer();
@@ -128,12 +175,15 @@ pub async fn chat_completions(
             logprobs: top_logprobs.map(|_| logprobs_of(&o.tokens, tokenizer)),
             message: ChatResponseMessage {
                 role: "assistant",
-                content: o.text,
+                content: match &script {
+                    Some(conv) => conv.convert(&o.text),
+                    None => o.text,
+                },
             },
             finish_reason: Some(finish_reason_str(o.finish_reason).to_string()),
         })
         .collect();
-    Ok(Json(ChatCompletionResponse {
+    Ok(ChatCompletionResponse {
         id: meta.id,
         object: "chat.completion",
         created: meta.created,
@@ -142,7 +192,49 @@ pub async fn chat_completions(
         choices,
         usage: Usage::new(prompt_tokens, completion_tokens),
     })
-    .into_response())
+}
+
+/// A whole non-streamed chat completion, as `POST /v1/chat/completions` answers it, for callers
+/// other than the HTTP handler (the Batch API). `stream: true` is a 400 naming `stream`.
+pub async fn create_chat_completion(
+    state: &AppState,
+    req: ChatCompletionRequest,
+    priority: Priority,
+) -> Result<ChatCompletionResponse, ApiError> {
+    if req.sampling.stream == Some(true) {
+        return Err(ApiError::invalid(
+            "stream",
+            "Streaming is not available here; remove `stream`.",
+        ));
+    }
+    finish_chat(start_chat(state, req, priority).await?).await
+}
+
+/// The handler.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let run = start_chat(&state, req, Priority::Interactive).await?;
+    if run.stream {
+        let maker = ChatChunks {
+            meta: run.meta,
+            tokenizer: run.engine.tokenizer().clone(),
+            n: run.receivers.len(),
+            logprobs: run.top_logprobs.is_some(),
+            include_usage: run.include_usage,
+            prompt_tokens: run.prompt_tokens,
+            completion_tokens: 0,
+            script: match &run.script {
+                Some(conv) => (0..run.receivers.len())
+                    .map(|_| EventConverter::new(conv))
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        return Ok(sse::stream_response(maker, run.receivers));
+    }
+    Ok(Json(finish_chat(run).await?).into_response())
 }
 
 /// Chunks of a streamed chat completion.
@@ -156,6 +248,8 @@ pub struct ChatChunks {
     pub prompt_tokens: usize,
     /// Running sum over finished choices.
     pub completion_tokens: usize,
+    /// Per choice: the streaming Chinese script converter (empty: no conversion).
+    pub script: Vec<EventConverter>,
 }
 
 impl ChatChunks {
@@ -201,6 +295,30 @@ impl ChunkMaker for ChatChunks {
     }
 
     fn event(&mut self, index: usize, event: Event) -> Result<Vec<String>, ApiError> {
+        let Some(conv) = self.script.get_mut(index) else {
+            return self.event_text(index, event);
+        };
+        let mut out = Vec::new();
+        for e in conv.map(event) {
+            out.extend(self.event_text(index, e)?);
+        }
+        Ok(out)
+    }
+
+    fn end(&mut self) -> Result<Vec<String>, ApiError> {
+        if !self.include_usage {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.chunk(
+            Vec::new(),
+            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+        )?])
+    }
+}
+
+impl ChatChunks {
+    /// Chunks for one event whose text is final (already script-converted).
+    fn event_text(&mut self, index: usize, event: Event) -> Result<Vec<String>, ApiError> {
         match event {
             Event::Delta { text, tokens } => {
                 let logprobs = if self.logprobs {
@@ -240,15 +358,5 @@ impl ChunkMaker for ChatChunks {
             Event::PromptLogprobs(_) => Ok(Vec::new()),
             Event::Error(msg) => Err(ApiError::internal(format!("generation failed: {msg}"))),
         }
-    }
-
-    fn end(&mut self) -> Result<Vec<String>, ApiError> {
-        if !self.include_usage {
-            return Ok(Vec::new());
-        }
-        Ok(vec![self.chunk(
-            Vec::new(),
-            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
-        )?])
     }
 }

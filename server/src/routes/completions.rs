@@ -3,10 +3,11 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use govlm_inference::engine::{EngineHandle, Event, GeneratedToken};
+use govlm_inference::engine::{EngineHandle, Event, GeneratedToken, Priority};
 use govlm_inference::sampling::TokenLogprob;
 use govlm_inference::tokenizer::Tokenizer;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ApiError;
 use crate::json::OpenAiJson;
@@ -125,11 +126,31 @@ impl LegacyLogprobs {
     }
 }
 
-/// The handler.
-pub async fn completions(
-    State(state): State<AppState>,
-    OpenAiJson(req): OpenAiJson<CompletionRequest>,
-) -> Result<Response, ApiError> {
+/// A validated completions request whose sequences are queued in the engine.
+pub struct CompletionRun {
+    pub engine: EngineHandle,
+    pub meta: ResponseMeta,
+    /// The tokenized prompts; choice `i` belongs to prompt `i / n`.
+    pub prompts: Vec<Prompt>,
+    /// One event receiver per choice.
+    pub receivers: Vec<UnboundedReceiver<Event>>,
+    pub opts: validate::CompletionOptions,
+    /// Choices per prompt.
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Tokens of all prompts.
+    pub prompt_tokens: usize,
+}
+
+/// Validates a completions request, tokenizes its prompts and queues `prompts x n` sequences at
+/// `priority`. Errors: 400 naming the `param` at fault, 404 unknown model, 429 queue full,
+/// 503 engine stopped.
+pub async fn start_completion(
+    state: &AppState,
+    req: CompletionRequest,
+    priority: Priority,
+) -> Result<CompletionRun, ApiError> {
     let engine = state.engine(req.model.as_deref())?.clone();
     let vocab_size = engine.tokenizer().vocab_size();
     let common = validate::common(&req.sampling, vocab_size)?;
@@ -145,6 +166,7 @@ pub async fn completions(
             ),
         ));
     }
+    let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
     let eng = engine.clone();
     let prompts = blocking(move || tokenize_prompts(&eng, inputs)).await?;
 
@@ -175,65 +197,71 @@ pub async fn completions(
             prompt_logprobs,
         ));
     }
+    for r in &mut reqs {
+        r.priority = priority;
+        r.constraint = constraint.clone(); // structured output: one grammar state per sequence
+    }
     let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("cmpl", engine.model_id());
     let prompt_tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
+    Ok(CompletionRun {
+        engine,
+        meta,
+        prompts,
+        receivers,
+        opts,
+        n: common.n,
+        stream: common.stream,
+        include_usage: common.include_usage,
+        prompt_tokens,
+    })
+}
 
-    if common.stream {
-        let n = common.n;
-        let choices = (0..receivers.len())
-            .map(|i| StreamChoice {
-                prompt: i / n,
-                echo_pending: opts.echo,
-                logprobs: LegacyLogprobs::default(),
-            })
-            .collect();
-        let maker = CompletionChunks {
-            meta,
-            tokenizer: engine.tokenizer().clone(),
-            prompts,
-            choices,
-            logprobs: opts.logprobs.is_some(),
-            include_usage: common.include_usage,
-            prompt_tokens,
-            completion_tokens: 0,
-        };
-        return Ok(sse::stream_response(maker, receivers));
-    }
-
+/// Waits for every choice of `run` and builds the (non-streamed) response.
+/// Errors: 500 generation failed, 503 engine stopped.
+pub async fn finish_completion(run: CompletionRun) -> Result<CompletionResponse, ApiError> {
+    let CompletionRun {
+        engine,
+        meta,
+        prompts,
+        receivers,
+        opts,
+        n,
+        prompt_tokens,
+        ..
+    } = run;
     let outputs = collect_all(receivers).await?;
     let completion_tokens = outputs.iter().map(|o| o.completion_tokens).sum();
     let tokenizer = engine.tokenizer();
-    let choices = outputs
-        .into_iter()
-        .enumerate()
-        .map(|(index, o)| {
-            let prompt = &prompts[index / common.n];
-            let mut lp = LegacyLogprobs::default();
-            let mut text = String::new();
-            if opts.echo {
-                text.push_str(&prompt.text);
-                if opts.logprobs.is_some() {
-                    lp.push_prompt(
-                        prompt,
-                        o.prompt_logprobs.as_deref().unwrap_or(&[]),
-                        tokenizer,
-                    );
-                } else {
-                    lp.offset = prompt.text.chars().count();
-                }
+    let mut choices = Vec::with_capacity(outputs.len());
+    for (index, o) in outputs.into_iter().enumerate() {
+        let Some(prompt) = prompts.get(index / n.max(1)) else {
+            return Err(ApiError::internal("a choice has no prompt"));
+        };
+        let mut lp = LegacyLogprobs::default();
+        let mut text = String::new();
+        if opts.echo {
+            text.push_str(&prompt.text);
+            if opts.logprobs.is_some() {
+                lp.push_prompt(
+                    prompt,
+                    o.prompt_logprobs.as_deref().unwrap_or(&[]),
+                    tokenizer,
+                );
+            } else {
+                lp.offset = prompt.text.chars().count();
             }
-            text.push_str(&o.text);
-            lp.push_generated(&o.tokens, tokenizer);
-            CompletionChoice {
-                index,
-                text,
-                logprobs: opts.logprobs.map(|_| lp.out),
-                finish_reason: Some(finish_reason_str(o.finish_reason).to_string()),
-            }
-        })
-        .collect();
-    Ok(Json(CompletionResponse {
+        }
+        text.push_str(&o.text);
+        lp.push_generated(&o.tokens, tokenizer);
+        choices.push(CompletionChoice {
+            index,
+            text,
+            logprobs: opts.logprobs.map(|_| lp.out),
+            finish_reason: Some(finish_reason_str(o.finish_reason).to_string()),
+        });
+    }
+    Ok(CompletionResponse {
         id: meta.id,
         object: "text_completion",
         created: meta.created,
@@ -242,7 +270,52 @@ pub async fn completions(
         choices,
         usage: Some(Some(Usage::new(prompt_tokens, completion_tokens))),
     })
-    .into_response())
+}
+
+/// A whole non-streamed completion, as `POST /v1/completions` answers it, for callers other
+/// than the HTTP handler (the Batch API). `stream: true` is a 400 naming `stream`.
+pub async fn create_completion(
+    state: &AppState,
+    req: CompletionRequest,
+    priority: Priority,
+) -> Result<CompletionResponse, ApiError> {
+    if req.sampling.stream == Some(true) {
+        return Err(ApiError::invalid(
+            "stream",
+            "Streaming is not available here; remove `stream`.",
+        ));
+    }
+    finish_completion(start_completion(state, req, priority).await?).await
+}
+
+/// The handler.
+pub async fn completions(
+    State(state): State<AppState>,
+    OpenAiJson(req): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let run = start_completion(&state, req, Priority::Interactive).await?;
+    if run.stream {
+        let n = run.n;
+        let choices = (0..run.receivers.len())
+            .map(|i| StreamChoice {
+                prompt: i / n,
+                echo_pending: run.opts.echo,
+                logprobs: LegacyLogprobs::default(),
+            })
+            .collect();
+        let maker = CompletionChunks {
+            meta: run.meta,
+            tokenizer: run.engine.tokenizer().clone(),
+            prompts: run.prompts,
+            choices,
+            logprobs: run.opts.logprobs.is_some(),
+            include_usage: run.include_usage,
+            prompt_tokens: run.prompt_tokens,
+            completion_tokens: 0,
+        };
+        return Ok(sse::stream_response(maker, run.receivers));
+    }
+    Ok(Json(finish_completion(run).await?).into_response())
 }
 
 /// Per-choice streaming state.

@@ -1,10 +1,15 @@
 //! HTTP handlers, one module per endpoint group, plus what they share: model lookup, submitting
 //! engine requests and collecting their events.
 
+pub mod batches;
 pub mod chat;
 pub mod completions;
+pub mod files;
 pub mod health;
+pub mod metrics;
 pub mod models;
+pub mod prompts;
+pub mod summarize;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

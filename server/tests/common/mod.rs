@@ -52,8 +52,9 @@ pub struct TestServer {
 /// Starts the real router on a free port in a thread with its own runtime; lives until the test
 /// process exits.
 pub fn start(model: ResolvedModel, max_body_bytes: usize) -> TestServer {
-    let engine = EngineHandle::spawn(&model).expect("model loads");
-    let mut state = AppState::new(vec![engine.clone()]);
+    let registry = prometheus::Registry::new();
+    let engine = EngineHandle::spawn_with_registry(&model, &registry).expect("model loads");
+    let mut state = AppState::with_registry(vec![engine.clone()], registry);
     state.max_body_bytes = max_body_bytes;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
