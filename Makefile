@@ -12,15 +12,17 @@ models:
 	$(PYTHON) scripts/install_models.py --reference-tokenizers
 
 build:
-	$(CARGO) build --release --bin govlm
+	$(CARGO) build --release --bin govlm --bin govlm-eval
 
 ## Start the OpenAI-compatible server on $(HOST):$(PORT) with the models in models.toml.
 serve: models build
 	./target/release/govlm serve --config models.toml --host $(HOST) --port $(PORT)
 
-$(VENV)/.installed: tests/python/requirements.txt
+$(VENV)/.installed: tests/python/requirements.txt tests/python/requirements-lm-eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --require-hashes -r tests/python/requirements.txt
+	# lm-eval without its torch-sized declared dependencies (see the file's header).
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r tests/python/requirements-lm-eval.txt
 	touch $@
 
 ## Every test: Rust unit and end-to-end tests, then the official openai client against the server.

@@ -200,33 +200,40 @@ impl Scheduler {
             s.step_tokens = 0;
         }
         let mut interactive_prefill = false;
-        // 1. Running sequences, in rank order.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let (remaining, is_batch) = {
-                let s = &self.running[i];
-                (
-                    s.tokens.len() - s.num_computed,
-                    s.req.priority == Priority::Batch,
-                )
-            };
-            if is_batch && remaining > 1 && interactive_prefill {
+        // 1. Running sequences, in rank order: every decode first, so that a long prefill never
+        //    holds back other sequences' next tokens; then prefill chunks from what is left.
+        for decodes in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && budget > 0 {
+                let (remaining, is_batch, done) = {
+                    let s = &self.running[i];
+                    (
+                        s.tokens.len() - s.num_computed,
+                        s.req.priority == Priority::Batch,
+                        s.step_tokens > 0,
+                    )
+                };
+                let skip = done
+                    || (remaining == 1) != decodes
+                    || (is_batch && remaining > 1 && interactive_prefill);
+                if skip {
+                    i += 1;
+                    continue;
+                }
+                let n = remaining.min(budget);
+                if !self.grow(i, n, bs) {
+                    // `i` itself was preempted (it was the lowest-ranked left).
+                    continue;
+                }
+                let s = &mut self.running[i];
+                s.step_tokens = n;
+                s.step_logits = step_logits(s, n);
+                if remaining > 1 && !is_batch {
+                    interactive_prefill = true;
+                }
+                budget -= n;
                 i += 1;
-                continue;
             }
-            let n = remaining.min(budget);
-            if !self.grow(i, n, bs) {
-                // `i` itself was preempted (it was the lowest-ranked left).
-                break;
-            }
-            let s = &mut self.running[i];
-            s.step_tokens = n;
-            s.step_logits = step_logits(s, n);
-            if remaining > 1 && !is_batch {
-                interactive_prefill = true;
-            }
-            budget -= n;
-            i += 1;
         }
         // 2. Admission, first come first served within each class.
         let mut admitted_new = 0;

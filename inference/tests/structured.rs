@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::quantized::gguf_file;
 use govlm_inference::chat_template::ChatMessage;
 use govlm_inference::config::{DeviceSpec, KvMemory, ResolvedModel, SchedulerConfig, Source};
 use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
 use govlm_inference::sampling::SamplingParams;
-use candle_core::quantized::gguf_file;
 use govlm_inference::structured::{
     unusable_token_ids, ResponseFormat, StructuredCompiler, StructuredError,
 };
@@ -329,27 +329,36 @@ fn compiler_from_gguf(file: &str) -> (Tokenizer, StructuredCompiler, std::time::
     let tokenizer = Tokenizer::from_gguf(&content.metadata).expect("tokenizer");
     let excluded = unusable_token_ids(&content.metadata);
     let t0 = Instant::now();
-    let compiler = StructuredCompiler::new(&tokenizer, tokenizer.vocab_size(), &excluded)
-        .expect("compiler");
+    let compiler =
+        StructuredCompiler::new(&tokenizer, tokenizer.vocab_size(), &excluded).expect("compiler");
     (tokenizer, compiler, t0.elapsed())
 }
 
 /// Feeds `doc`, tokenized by the model's own tokenizer, through a fresh constraint: every token
 /// must be allowed by the mask, and the document must end complete.
-fn replay_document(tokenizer: &Tokenizer, compiler: &StructuredCompiler, format: &ResponseFormat, doc: &str) {
+fn replay_document(
+    tokenizer: &Tokenizer,
+    compiler: &StructuredCompiler,
+    format: &ResponseFormat,
+    doc: &str,
+) {
     let mut c = compiler.compile(format).expect("compile");
     let zeros = vec![0.0f32; compiler.logits_width()];
     let ids = tokenizer.encode(doc, false).expect("encode");
     for (i, &t) in ids.iter().enumerate() {
         let masked = c.mask_logits(&zeros).expect("mask");
         assert_eq!(
-            masked[t as usize], 0.0,
+            masked[t as usize],
+            0.0,
             "token {i} ({t}, {:?}) of {doc:?} is masked",
             tokenizer.token_text(t)
         );
         c.consume(t).expect("consume");
     }
-    assert!(c.is_complete() || c.is_accepting(), "{doc:?} is not complete");
+    assert!(
+        c.is_complete() || c.is_accepting(),
+        "{doc:?} is not complete"
+    );
 }
 
 /// Qwen (the default model): padding entries of the vocabulary and special tokens are never
@@ -380,7 +389,10 @@ fn qwen_vocabulary_masks_padding_and_specials() {
     c.consume(quote[0]).expect("consume quote");
     let inside = c.mask_logits(&zeros).expect("mask").to_vec();
     let allowed = inside.iter().filter(|x| **x == 0.0).count();
-    assert!(allowed > vocab / 2, "only {allowed} tokens allowed inside a string");
+    assert!(
+        allowed > vocab / 2,
+        "only {allowed} tokens allowed inside a string"
+    );
     for &id in &padding {
         assert_eq!(inside[id], f32::NEG_INFINITY, "padding entry {id} allowed");
     }
@@ -390,12 +402,18 @@ fn qwen_vocabulary_masks_padding_and_specials() {
         }
     }
     for &eos in tok.eos_token_ids() {
-        assert_eq!(inside[eos as usize], f32::NEG_INFINITY, "EOS inside an open string");
+        assert_eq!(
+            inside[eos as usize],
+            f32::NEG_INFINITY,
+            "EOS inside an open string"
+        );
     }
     // Logits rows beyond the mask (a wider embedding) are forbidden too.
     let wider = vec![0.0f32; compiler.logits_width() + 64];
     let masked = c.mask_logits(&wider).expect("mask");
-    assert!(masked[compiler.logits_width()..].iter().all(|x| *x == f32::NEG_INFINITY));
+    assert!(masked[compiler.logits_width()..]
+        .iter()
+        .all(|x| *x == f32::NEG_INFINITY));
 
     let record = r#"{"case_type": "complaint", "department": "FEHD", "district": "Sham Shui Po", "facts": ["rubbish piled up for a week", "老鼠走來走去"], "urgent": false}"#;
     let schema = json!({

@@ -709,11 +709,19 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
-        assert!(response_format(Some(&json!({"type": "text"}))).unwrap().is_none());
-        assert!(response_format(Some(&json!({"type": "json_object"}))).unwrap().is_some());
+        assert!(response_format(Some(&json!({"type": "text"})))
+            .unwrap()
+            .is_none());
+        assert!(response_format(Some(&json!({"type": "json_object"})))
+            .unwrap()
+            .is_some());
         let e = response_format(Some(&json!({"type": "xml"}))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
-        assert!(e.message.contains("`xml` is not supported"), "{}", e.message);
+        assert!(
+            e.message.contains("`xml` is not supported"),
+            "{}",
+            e.message
+        );
     }
 
     fn completion(v: Value) -> CompletionRequest {

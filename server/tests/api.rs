@@ -417,7 +417,7 @@ async fn errors_are_openai_shaped() {
     let (st, v) = post(
         &s.base,
         chat,
-        &chat_body("hi", json!({"response_format": {"type": "json_object"}})),
+        &chat_body("hi", json!({"response_format": {"type": "xml"}})),
     )
     .await;
     assert_error(st, &v, 400, Some("response_format"));

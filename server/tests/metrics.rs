@@ -98,8 +98,10 @@ async fn disconnects_cancel_and_free_blocks() {
         let chunk = body.next().await.expect("chunk").expect("bytes");
         seen += String::from_utf8_lossy(&chunk).matches("data: ").count();
     }
-    let text = scrape(&s.base).await;
-    assert!(metric(&text, "govlm_kv_blocks_used").unwrap() > 0.0);
+    wait_for(&s.base, "blocks in use", |t| {
+        metric(t, "govlm_kv_blocks_used").is_some_and(|b| b > 0.0)
+    })
+    .await;
     drop(body);
     wait_for(&s.base, "streaming cancel", |t| {
         metric(t, "govlm_requests_cancelled_total") == Some(1.0)

@@ -17,12 +17,7 @@ fn smol() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         start(
-            resolved(
-                MODEL,
-                "SmolLM2-135M-Instruct.Q4_1.gguf",
-                Source::Gguf,
-                2048,
-            ),
+            resolved(MODEL, "SmolLM2-135M-Instruct.Q4_1.gguf", Source::Gguf, 2048),
             1 << 20,
         )
     })
@@ -65,10 +60,18 @@ fn violations(schema: &Value, v: &Value, path: &str) -> Vec<String> {
         }
     }
     if let Some(n) = v.as_f64() {
-        if schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| n < m) {
+        if schema
+            .get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n < m)
+        {
             out.push(format!("{path}: below minimum"));
         }
-        if schema.get("maximum").and_then(Value::as_f64).is_some_and(|m| n > m) {
+        if schema
+            .get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n > m)
+        {
             out.push(format!("{path}: above maximum"));
         }
     }
@@ -226,7 +229,9 @@ async fn max_tokens_cut_reports_length() {
     let (status, resp) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["choices"][0]["finish_reason"], "length");
-    let text = resp["choices"][0]["message"]["content"].as_str().expect("content");
+    let text = resp["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
     assert!(text.starts_with('{'), "{text}");
     assert_eq!(resp["usage"]["completion_tokens"], 5);
 }
@@ -266,14 +271,22 @@ async fn malformed_formats_and_invalid_schemas_are_400() {
         (json!("json"), "response_format"),
     ];
     for (format, mentions) in cases {
-        let body = chat(MODEL, "Hi", json!({"max_tokens": 5, "response_format": format}));
+        let body = chat(
+            MODEL,
+            "Hi",
+            json!({"max_tokens": 5, "response_format": format}),
+        );
         let (status, resp) = post(&s.base, "/v1/chat/completions", &body).await;
         assert_error(status, &resp, 400, Some("response_format"));
         let msg = resp["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains(mentions), "{format}: {msg}");
     }
     // `text` is plain generation.
-    let body = chat(MODEL, "Hi", json!({"max_tokens": 3, "response_format": {"type": "text"}}));
+    let body = chat(
+        MODEL,
+        "Hi",
+        json!({"max_tokens": 3, "response_format": {"type": "text"}}),
+    );
     let (status, resp) = post(&s.base, "/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{resp}");
 }
@@ -321,8 +334,8 @@ async fn hotline_case_records_on_default_model_validate() {
     );
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data/hotline/dev.jsonl");
-    let lines = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let lines =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let calls: Vec<Value> = lines
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

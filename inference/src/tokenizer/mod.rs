@@ -271,7 +271,12 @@ impl Tokenizer {
         if self.is_special(id) {
             return piece.into_bytes();
         }
-        if hf.get_added_tokens_decoder().contains_key(&id) {
+        // (The borrowed map: `Tokenizer::get_added_tokens_decoder` clones it on every call.)
+        if hf
+            .get_added_vocabulary()
+            .get_added_tokens_decoder()
+            .contains_key(&id)
+        {
             // User-defined pieces (e.g. Gemma's runs of spaces) are stored with `▁` for space.
             return piece.replace('\u{2581}', " ").into_bytes();
         }
