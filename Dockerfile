@@ -28,6 +28,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 WORKDIR /srv/govlm
 COPY --from=build /src/target/release/govlm /usr/local/bin/govlm
 COPY models.toml /srv/govlm/models.toml
+COPY prompts /srv/govlm/prompts
+# Batch API jobs and files (SQLite + file bytes): keep them on a volume to survive restarts.
+RUN mkdir -p /srv/govlm/data && chown govlm /srv/govlm/data
+VOLUME /srv/govlm/data
 USER govlm
 EXPOSE 8080
-ENTRYPOINT ["govlm", "serve", "--config", "/srv/govlm/models.toml", "--host", "0.0.0.0", "--port", "8080"]
+ENTRYPOINT ["govlm", "serve", "--config", "/srv/govlm/models.toml", "--host", "0.0.0.0", "--port", "8080", \
+            "--prompts-dir", "/srv/govlm/prompts", "--data-dir", "/srv/govlm/data"]

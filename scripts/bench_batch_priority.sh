@@ -20,12 +20,12 @@ DATA=$(mktemp -d)
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null && break; sleep 0.5; done
-interactive() { # NAME
-  "$EVAL" load --base-url "http://127.0.0.1:$PORT/v1" --model "$MODEL" --endpoint chat --dataset synthetic \
+interactive() { # NAME SEED (different prompts each run, so the prefix cache cannot help the second)
+  "$EVAL" load --seed "$2" --base-url "http://127.0.0.1:$PORT/v1" --model "$MODEL" --endpoint chat --dataset synthetic \
     --input-tokens 64 --output-tokens 16 --ignore-eos --concurrency 1 --num-requests 8 --warmup 1 \
     --server-name "govlm $1" --out "$OUT/$1" --quiet >/dev/null
 }
-interactive idle
+interactive idle 1
 python3 - "$OUT/batch.jsonl" "$BATCH_LINES" "$MODEL" <<'PY'
 import json, sys
 calls = [json.loads(l) for l in open("../shared/data/hotline/dev.jsonl", encoding="utf-8")]
@@ -41,7 +41,7 @@ FILE=$(curl -sf "http://127.0.0.1:$PORT/v1/files" -F purpose=batch -F "file=@$OU
 BATCH=$(curl -sf "http://127.0.0.1:$PORT/v1/batches" -H 'content-type: application/json' \
   -d "{\"input_file_id\":\"$FILE\",\"endpoint\":\"/v1/chat/completions\",\"completion_window\":\"24h\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 sleep 5 # let the batch fill its running slots
-interactive under-batch
+interactive under-batch 2
 STATUS=$(curl -sf "http://127.0.0.1:$PORT/v1/batches/$BATCH" | python3 -c 'import json,sys; b=json.load(sys.stdin); print(b["status"], b["request_counts"])')
 python3 - "$OUT" "$STATUS" <<'PY'
 import json, sys, pathlib

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2";
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const CONTEXT: usize = 2048;
+const CONTEXT: usize = 4096;
 /// Polls between status checks.
 const POLL: Duration = Duration::from_millis(100);
 /// Guard against a hung batch (not a performance assertion).
@@ -44,37 +44,45 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// The in-process server of this file, with the Batch API on a temporary data dir.
+/// The in-process server of this file (SmolLM2), with the Batch API on a temporary data dir.
 fn server() -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let model = resolved(MODEL, MODEL_FILE, Source::Gguf, CONTEXT);
-        let engine = EngineHandle::spawn(&model).expect("model loads");
-        let data_dir = temp_dir("inproc");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut state = AppState::new(vec![engine]);
-                let batch = BatchHandle::start(&data_dir, state.clone(), RunnerConfig::default())
-                    .await
-                    .expect("batch service starts");
-                state.batch = Some(batch);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                tx.send(listener.local_addr().expect("addr"))
-                    .expect("send addr");
-                axum::serve(listener, router(state)).await.expect("serve");
-            });
+    BASE.get_or_init(|| start_server(MODEL, MODEL_FILE))
+}
+
+/// An in-process server of `file` served as `id`, with the prompt library and the Batch API on a
+/// temporary data dir.
+fn start_server(id: &str, file: &str) -> String {
+    let model = resolved(id, file, Source::Gguf, CONTEXT);
+    let engine = EngineHandle::spawn(&model).expect("model loads");
+    let data_dir = temp_dir("inproc");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut state = AppState::new(vec![engine]);
+            let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
+            state.prompts = std::sync::Arc::new(
+                govlm_server::load_prompts(Some(&prompts)).expect("prompt library loads"),
+            );
+            let batch = BatchHandle::start(&data_dir, state.clone(), RunnerConfig::default())
+                .await
+                .expect("batch service starts");
+            state.batch = Some(batch);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send addr");
+            axum::serve(listener, router(state)).await.expect("serve");
         });
-        let addr = rx.recv().expect("server started");
-        format!("http://{addr}")
-    })
+    });
+    let addr = rx.recv().expect("server started");
+    format!("http://{addr}")
 }
 
 /// The first `n` calls of the shared hotline dev set: (id, transcript).
@@ -672,4 +680,80 @@ async fn killed_server_resumes_the_batch_on_restart() {
     }
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hotline case-record schema of the prompt library.
+fn hotline_validator() -> jsonschema::Validator {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts/hotline/case_record.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("JSON");
+    jsonschema::validator_for(&schema).expect("valid schema")
+}
+
+/// The default model (Qwen2.5-Coder-0.5B): the hotline pipeline's model.
+const DEFAULT_MODEL: &str = "qwen";
+
+/// The `hotline_case_record` template as a chat request body for the default model.
+fn case_record_body(transcript: &str) -> Value {
+    json!({
+        "model": DEFAULT_MODEL,
+        "prompt": {"id": "hotline_case_record", "variables": {"transcript": transcript}}
+    })
+}
+
+fn assert_case_record(id: &str, body: &Value, validator: &jsonschema::Validator) {
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id}: no content in {body}"));
+    assert_eq!(
+        body["choices"][0]["finish_reason"], "stop",
+        "{id}: {content}"
+    );
+    let record: Value = serde_json::from_str(content)
+        .unwrap_or_else(|e| panic!("{id}: output is not JSON ({e}): {content}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&record)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{id}: {errors:?} in {content}");
+}
+
+/// Every call of the hotline dev set, through the Batch API and through chat completions, gives a
+/// case record that parses and validates against the schema (constrained decoding from the
+/// template's `response_format`).
+#[tokio::test]
+async fn every_hotline_call_gives_a_valid_case_record() {
+    let base = &start_server(DEFAULT_MODEL, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let validator = hotline_validator();
+    let calls = hotline(usize::MAX);
+    assert_eq!(calls.len(), 10);
+    let lines: Vec<Value> = calls
+        .iter()
+        .map(|(id, t)| {
+            json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+                   "body": case_record_body(t)})
+        })
+        .collect();
+    let file = upload(base, "hotline.jsonl", jsonl(&lines)).await;
+    let batch = create_batch(base, file["id"].as_str().unwrap(), "/v1/chat/completions").await;
+    // Meanwhile, the same calls through chat completions.
+    let bodies: Vec<Value> = calls.iter().map(|(_, t)| case_record_body(t)).collect();
+    let chats =
+        futures::future::join_all(bodies.iter().map(|b| post(base, "/v1/chat/completions", b)))
+            .await;
+    for ((id, _), (status, body)) in calls.iter().zip(&chats) {
+        assert_eq!(*status, 200, "{id}: {body}");
+        assert_case_record(id, body, &validator);
+    }
+    let done = wait_done(base, batch["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(result_lines(base, &done["error_file_id"]).await.is_empty());
+    let out = result_lines(base, &done["output_file_id"]).await;
+    assert_eq!(out.len(), calls.len());
+    for line in &out {
+        let id = line["custom_id"].as_str().unwrap();
+        assert_eq!(line["response"]["status_code"], 200, "{line}");
+        assert_case_record(id, &line["response"]["body"], &validator);
+    }
 }

@@ -19,7 +19,9 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 async fn scrape(base: &str) -> String {
-    let resp = reqwest::get(format!("{base}/metrics")).await.expect("GET /metrics");
+    let resp = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics");
     assert_eq!(resp.status().as_u16(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("text/plain"), "{ct}");
@@ -33,7 +35,10 @@ async fn wait_for(base: &str, what: &str, cond: impl Fn(&str) -> bool) -> String
         if cond(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -65,10 +70,22 @@ async fn metrics_count_tokens_and_latencies() {
         metric(t, "govlm_generation_tokens_total") == Some(5.0)
     })
     .await;
-    assert_eq!(metric(&text, "govlm_prompt_tokens_total"), Some(prompt_tokens));
-    assert_eq!(metric(&text, "govlm_time_to_first_token_seconds_count"), Some(1.0));
-    assert_eq!(metric(&text, "govlm_inter_token_latency_seconds_count"), Some(4.0));
-    assert_eq!(metric(&text, "govlm_e2e_request_latency_seconds_count"), Some(1.0));
+    assert_eq!(
+        metric(&text, "govlm_prompt_tokens_total"),
+        Some(prompt_tokens)
+    );
+    assert_eq!(
+        metric(&text, "govlm_time_to_first_token_seconds_count"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "govlm_inter_token_latency_seconds_count"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&text, "govlm_e2e_request_latency_seconds_count"),
+        Some(1.0)
+    );
     assert_eq!(metric(&text, "govlm_running_sequences"), Some(0.0));
     assert!(metric(&text, "govlm_step_batch_tokens_count").unwrap() >= 5.0);
     assert!(text.contains("govlm_requests_finished_total{model=\"m\",reason=\"length\"} 1"));
