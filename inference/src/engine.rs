@@ -456,7 +456,10 @@ impl EngineHandle {
                 (w < limit).then_some(w + 1)
             });
         if reserved.is_err() {
-            shared.metrics.rejected.inc();
+            // Batch API lines are retried internally; only clients see a 429.
+            if req.priority == Priority::Interactive {
+                shared.metrics.rejected.inc();
+            }
             return Err(SubmitError::QueueFull {
                 model: shared.info.id.clone(),
                 capacity: shared.capacity,
