@@ -174,7 +174,7 @@ fn expand_fills_messages_defaults_and_schema() {
     assert_eq!(r.messages[2].role, "user");
     assert_eq!(r.sampling.temperature, Some(0.0));
     assert_eq!(r.sampling.top_p, Some(0.5), "the request's value wins");
-    assert_eq!(r.max_tokens, Some(600));
+    assert_eq!(r.max_tokens, Some(1100));
     assert_eq!(r.response_format.as_ref().unwrap()["type"], "json_schema");
     assert_eq!(
         r.response_format.as_ref().unwrap()["json_schema"]["name"],
