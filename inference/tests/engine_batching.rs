@@ -2,87 +2,29 @@
 //! These tests check that batching never changes a result: greedy and seeded requests return the
 //! same tokens alone and together with other, different requests.
 
-use std::path::PathBuf;
+mod common;
 
-use govlm_inference::config::{DeviceSpec, ResolvedModel, SchedulerConfig, Source};
-use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
+use common::{greedy, request};
+use govlm_inference::config::{DeviceSpec, SchedulerConfig, Source};
+use govlm_inference::engine::{EngineHandle, Event, FinishReason};
 use govlm_inference::sampling::SamplingParams;
 
 fn engine(file: &str) -> EngineHandle {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(file);
-    assert!(
-        path.is_file(),
-        "model file {} missing: run `make models` first",
-        path.display()
-    );
-    EngineHandle::spawn(&ResolvedModel {
-        id: "test".into(),
-        gguf: path,
-        tokenizer: Source::Gguf,
-        chat_template: Source::Gemma,
-        context_length: Some(2048),
-        device: DeviceSpec::Cpu,
-        max_waiting: 64,
-        scheduler: SchedulerConfig::defaults_for(DeviceSpec::Cpu),
-    })
-    .expect("spawn engine")
+    common::spawn_engine(
+        file,
+        Source::Gemma,
+        2048,
+        SchedulerConfig::defaults_for(DeviceSpec::Cpu),
+        64,
+    )
 }
 
-fn request(
-    engine: &EngineHandle,
-    prompt: &str,
-    max_tokens: usize,
-    sampling: SamplingParams,
-) -> GenerateRequest {
-    GenerateRequest {
-        prompt_ids: engine.tokenizer().encode(prompt, true).expect("encode"),
-        max_tokens,
-        sampling,
-        stop: Vec::new(),
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        prompt_logprobs: None,
-        priority: Default::default(),
-        constraint: None,
-    }
-}
-
-/// Collects a request's events into (text, generated ids, finish reason).
-fn collect(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> (String, Vec<u32>, FinishReason) {
-    let mut text = String::new();
-    let mut ids = Vec::new();
-    loop {
-        match rx
-            .blocking_recv()
-            .expect("engine closed the stream without Finished")
-        {
-            Event::Delta { text: t, tokens } => {
-                text.push_str(&t);
-                ids.extend(tokens.iter().map(|t| t.id));
-            }
-            Event::Finished {
-                reason,
-                completion_tokens,
-                ..
-            } => {
-                assert_eq!(completion_tokens, ids.len());
-                return (text, ids, reason);
-            }
-            Event::PromptLogprobs(_) => {}
-            Event::Error(e) => panic!("engine error: {e}"),
-        }
-    }
-}
-
-fn greedy() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        ..SamplingParams::default()
-    }
+/// Collects a request's events into (text, generated ids, finish reason); with EOS ignored,
+/// usage counts exactly the generated tokens.
+fn collect(rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Vec<u32>, FinishReason) {
+    let (text, ids, reason, completion_tokens) = common::collect_with_usage(rx);
+    assert_eq!(completion_tokens, ids.len());
+    (text, ids, reason)
 }
 
 const PROMPTS: [&str; 5] = [

@@ -7,10 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use govlm_inference::config::{DeviceSpec, KvMemory, ResolvedModel, SchedulerConfig, Source};
-use govlm_inference::engine::{
-    EngineHandle, Event, FinishReason, GenerateRequest, Priority, SubmitError,
-};
+use common::{collect, greedy, request};
+use govlm_inference::config::{DeviceSpec, KvMemory, SchedulerConfig, Source};
+use govlm_inference::engine::{EngineHandle, Event, FinishReason, Priority, SubmitError};
 use govlm_inference::sampling::SamplingParams;
 
 const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -21,17 +20,7 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 const SMOLLM2_KV_BYTES_PER_TOKEN: u64 = 30 * 3 * 64 * 2 * 4;
 
 fn spawn(file: &str, scheduler: SchedulerConfig, max_waiting: usize) -> EngineHandle {
-    EngineHandle::spawn(&ResolvedModel {
-        id: "test".into(),
-        gguf: common::model_path(file),
-        tokenizer: Source::Gguf,
-        chat_template: Source::Gemma,
-        context_length: Some(2048),
-        device: DeviceSpec::Cpu,
-        max_waiting,
-        scheduler,
-    })
-    .expect("spawn engine")
+    common::spawn_engine(file, Source::Gemma, 2048, scheduler, max_waiting)
 }
 
 fn sched(f: impl FnOnce(&mut SchedulerConfig)) -> SchedulerConfig {
@@ -39,51 +28,6 @@ fn sched(f: impl FnOnce(&mut SchedulerConfig)) -> SchedulerConfig {
     c.kv_cache_memory = KvMemory::Bytes(256 << 20);
     f(&mut c);
     c
-}
-
-fn request(
-    e: &EngineHandle,
-    prompt: &str,
-    max_tokens: usize,
-    sampling: SamplingParams,
-) -> GenerateRequest {
-    GenerateRequest {
-        prompt_ids: e.tokenizer().encode(prompt, true).expect("encode"),
-        max_tokens,
-        sampling,
-        stop: Vec::new(),
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        prompt_logprobs: None,
-        priority: Priority::Interactive,
-        constraint: None,
-    }
-}
-
-fn greedy() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        ..SamplingParams::default()
-    }
-}
-
-/// (text, generated ids, finish reason) of one request.
-fn collect(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> (String, Vec<u32>, FinishReason) {
-    let mut text = String::new();
-    let mut ids = Vec::new();
-    loop {
-        match rx.blocking_recv().expect("stream closed without Finished") {
-            Event::Delta { text: t, tokens } => {
-                text.push_str(&t);
-                ids.extend(tokens.iter().map(|t| t.id));
-            }
-            Event::Finished { reason, .. } => return (text, ids, reason),
-            Event::PromptLogprobs(_) => {}
-            Event::Error(e) => panic!("engine error: {e}"),
-        }
-    }
 }
 
 /// Eight prompts of different lengths, English and Chinese; the last is long enough to be

@@ -5,13 +5,16 @@
 //! entries) and Gemma 3 (SentencePiece) are checked without loading weights. The hotline
 //! case-record schema on the default model runs over HTTP in server/tests/structured.rs.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
+use common::{collect, greedy};
 use govlm_inference::chat_template::ChatMessage;
-use govlm_inference::config::{DeviceSpec, KvMemory, ResolvedModel, SchedulerConfig, Source};
-use govlm_inference::engine::{EngineHandle, Event, FinishReason, GenerateRequest};
+use govlm_inference::config::{DeviceSpec, KvMemory, SchedulerConfig, Source};
+use govlm_inference::engine::{EngineHandle, FinishReason, GenerateRequest};
 use govlm_inference::sampling::SamplingParams;
 use govlm_inference::structured::{
     unusable_token_ids, ResponseFormat, StructuredCompiler, StructuredError,
@@ -23,27 +26,9 @@ const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 fn engine(file: &str) -> EngineHandle {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models")
-        .join(file);
-    assert!(
-        path.is_file(),
-        "model file {} missing: run `make models` first",
-        path.display()
-    );
     let mut scheduler = SchedulerConfig::defaults_for(DeviceSpec::Cpu);
     scheduler.kv_cache_memory = KvMemory::Bytes(256 << 20);
-    EngineHandle::spawn(&ResolvedModel {
-        id: "test".into(),
-        gguf: path,
-        tokenizer: Source::Gguf,
-        chat_template: Source::Gguf,
-        context_length: Some(4096),
-        device: DeviceSpec::Cpu,
-        max_waiting: 64,
-        scheduler,
-    })
-    .expect("spawn engine")
+    common::spawn_engine(file, Source::Gguf, 4096, scheduler, 64)
 }
 
 /// Chat prompt ids, as the server renders them.
@@ -82,41 +67,12 @@ fn request(
     }
 }
 
-fn greedy() -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        ..SamplingParams::default()
-    }
-}
-
 fn seeded(seed: u64) -> SamplingParams {
     SamplingParams {
         temperature: 0.8,
         top_p: 0.95,
         seed: Some(seed),
         ..SamplingParams::default()
-    }
-}
-
-/// (text, generated ids, finish reason) of one request.
-fn collect(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
-) -> (String, Vec<u32>, FinishReason) {
-    let mut text = String::new();
-    let mut ids = Vec::new();
-    loop {
-        match rx
-            .blocking_recv()
-            .expect("engine closed the stream without Finished")
-        {
-            Event::Delta { text: t, tokens } => {
-                text.push_str(&t);
-                ids.extend(tokens.iter().map(|t| t.id));
-            }
-            Event::Finished { reason, .. } => return (text, ids, reason),
-            Event::PromptLogprobs(_) => {}
-            Event::Error(e) => panic!("engine error: {e}"),
-        }
     }
 }
 

@@ -512,6 +512,18 @@ pub fn fit_context(
 }
 
 /// The `n` engine requests of one prompt. With temperature > 0 and a seed, choice `i` gets
+/// For callers that need a whole response (the Batch API): `stream: true` is a 400 naming
+/// `stream`.
+pub fn not_streamed(f: &SamplingFields) -> Result<(), ApiError> {
+    if f.stream == Some(true) {
+        return Err(ApiError::invalid(
+            "stream",
+            "Streaming is not available here; remove `stream`.",
+        ));
+    }
+    Ok(())
+}
+
 /// `seed + i` so that choices differ but are reproducible.
 pub fn generate_requests(
     prompt_ids: &[u32],

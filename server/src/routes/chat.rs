@@ -201,12 +201,7 @@ pub async fn create_chat_completion(
     req: ChatCompletionRequest,
     priority: Priority,
 ) -> Result<ChatCompletionResponse, ApiError> {
-    if req.sampling.stream == Some(true) {
-        return Err(ApiError::invalid(
-            "stream",
-            "Streaming is not available here; remove `stream`.",
-        ));
-    }
+    validate::not_streamed(&req.sampling)?;
     finish_chat(start_chat(state, req, priority).await?).await
 }
 

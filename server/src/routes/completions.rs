@@ -279,12 +279,7 @@ pub async fn create_completion(
     req: CompletionRequest,
     priority: Priority,
 ) -> Result<CompletionResponse, ApiError> {
-    if req.sampling.stream == Some(true) {
-        return Err(ApiError::invalid(
-            "stream",
-            "Streaming is not available here; remove `stream`.",
-        ));
-    }
+    validate::not_streamed(&req.sampling)?;
     finish_completion(start_completion(state, req, priority).await?).await
 }
 
