@@ -4,13 +4,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use common::{assert_error, post};
 use govlm_inference::config::ServeConfig;
 use govlm_inference::engine::EngineHandle;
 use govlm_server::prompts::{repo_prompts_dir, PromptLibrary};
-use govlm_server::{router, AppState};
+use govlm_server::AppState;
 use serde_json::json;
 
 const CONTEXT: usize = 1024;
@@ -35,22 +35,7 @@ fn start() -> String {
     let engine = EngineHandle::spawn(&resolved[0]).expect("model loads");
     let mut state = AppState::new(vec![engine]);
     state.prompts = Arc::new(PromptLibrary::load(&repo_prompts_dir()).expect("prompts load"));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr")).expect("send");
-            axum::serve(listener, router(state)).await.expect("serve");
-        });
-    });
-    format!("http://{}", rx.recv().expect("server started"))
+    common::serve(state)
 }
 
 /// The first paragraphs (about 1 200 characters, many times the chunk budget for SmolLM2's

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use common::{assert_error, post, resolved};
 use govlm_inference::config::Source;
 use govlm_inference::engine::EngineHandle;
 use govlm_server::prompts::{repo_prompts_dir, PromptLibrary};
-use govlm_server::{router, AppState};
+use govlm_server::AppState;
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2";
@@ -29,22 +29,7 @@ fn server() -> &'static str {
         let engine = EngineHandle::spawn(&model).expect("model loads");
         let mut state = AppState::new(vec![engine]);
         state.prompts = Arc::new(PromptLibrary::load(&repo_prompts_dir()).expect("prompts load"));
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                tx.send(listener.local_addr().expect("addr")).expect("send");
-                axum::serve(listener, router(state)).await.expect("serve");
-            });
-        });
-        format!("http://{}", rx.recv().expect("server started"))
+        common::serve(state)
     })
 }
 

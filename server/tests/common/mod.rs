@@ -56,6 +56,13 @@ pub fn start(model: ResolvedModel, max_body_bytes: usize) -> TestServer {
     let engine = EngineHandle::spawn_with_registry(&model, &registry).expect("model loads");
     let mut state = AppState::with_registry(vec![engine.clone()], registry);
     state.max_body_bytes = max_body_bytes;
+    let base = serve(state);
+    TestServer { base, engine }
+}
+
+/// Serves `state` with the real router on a free port, in a thread with its own runtime (lives
+/// until the test process exits); returns the base URL.
+pub fn serve(state: AppState) -> String {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -73,10 +80,7 @@ pub fn start(model: ResolvedModel, max_body_bytes: usize) -> TestServer {
         });
     });
     let addr = rx.recv().expect("server started");
-    TestServer {
-        base: format!("http://{addr}"),
-        engine,
-    }
+    format!("http://{addr}")
 }
 
 /// POSTs JSON; returns status and parsed body.
