@@ -230,7 +230,7 @@ fn cancel_frees_blocks() {
 fn full_queue_refuses_and_loses_nothing() {
     let e = spawn(SMOLLM2, sched(|c| c.max_num_seqs = 1), 2);
     let first = e
-        .submit(request(&e, "Once upon a time", 80, greedy()))
+        .submit(request(&e, "Once upon a time", 300, greedy()))
         .expect("submit");
     wait_until("first request running", || e.metrics().running.get() == 1);
     let accepted: Vec<_> = (0..2)
@@ -247,7 +247,7 @@ fn full_queue_refuses_and_loses_nothing() {
         "{err:?}"
     );
     assert_eq!(e.metrics().rejected.get(), 1);
-    assert_eq!(collect(first).1.len(), 80);
+    assert_eq!(collect(first).1.len(), 300);
     for rx in accepted {
         assert_eq!(collect(rx).1.len(), 4);
     }
@@ -259,7 +259,7 @@ fn interactive_overtakes_waiting_batch_work() {
     let e = spawn(SMOLLM2, sched(|c| c.max_num_seqs = 1), 16);
     let order = Arc::new(Mutex::new(Vec::new()));
     let first = e
-        .submit(request(&e, "Once upon a time", 60, greedy()))
+        .submit(request(&e, "Once upon a time", 300, greedy()))
         .expect("submit");
     wait_until("first request running", || e.metrics().running.get() == 1);
     let mut batch = request(&e, "Batch line:", 4, greedy());

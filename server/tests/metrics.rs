@@ -148,17 +148,19 @@ async fn disconnects_cancel_and_free_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_429_with_retry_after() {
     let s = server(|c| c.max_num_seqs = 1, 1);
-    let long = {
-        let base = s.base.clone();
-        tokio::spawn(async move {
-            common::post(
-                &base,
-                "/v1/completions",
-                &json!({"prompt": "Once upon a time", "max_tokens": 120, "ignore_eos": true}),
-            )
-            .await
-        })
-    };
+    // The running request is a long stream held open until the 429 is seen, so a fast machine
+    // cannot finish it before the second request is queued behind it.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/completions", s.base))
+        .json(&json!({"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": true,
+                      "stream": true}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut long = resp.bytes_stream();
+    let first = long.next().await.expect("chunk").expect("bytes");
+    assert!(String::from_utf8_lossy(&first).contains("data: "));
     wait_for(&s.base, "first request running", |t| {
         metric(t, "govlm_running_sequences") == Some(1.0)
     })
@@ -190,9 +192,14 @@ async fn full_queue_answers_429_with_retry_after() {
     assert_eq!(body["error"]["type"], "rate_limit_exceeded", "{body}");
     let text = scrape(&s.base).await;
     assert_eq!(metric(&text, "govlm_requests_rejected_total"), Some(1.0));
-    let (status, body) = long.await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 120);
+    // The long client leaves; the queued request then runs and completes.
+    drop(long);
     let (status, body) = waiting.await.unwrap();
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+    wait_for(&s.base, "cancel counted", |t| {
+        metric(t, "govlm_requests_cancelled_total") == Some(1.0)
+            && metric(t, "govlm_kv_blocks_used") == Some(0.0)
+    })
+    .await;
 }
