@@ -152,8 +152,10 @@ async fn full_queue_answers_429_with_retry_after() {
     // cannot finish it before the second request is queued behind it.
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/completions", s.base))
-        .json(&json!({"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": true,
-                      "stream": true}))
+        .json(
+            &json!({"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": true,
+                      "stream": true}),
+        )
         .send()
         .await
         .expect("request");
