@@ -23,7 +23,6 @@ use crate::metrics::EngineMetrics;
 use crate::model::{KvPool, Model, ModelError, PagedSeq};
 use crate::sampling::{token_logprob, SamplingParams, TokenLogprob};
 use crate::scheduler::{Scheduler, Sequence};
-use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
 /// Errors while loading a model and starting its engine.
@@ -118,6 +117,10 @@ pub struct GenerateRequest {
     /// free text. Each sequence needs its own: clone it per choice.
     pub constraint: Option<crate::structured::Constraint>,
     // structured output (end)
+    /// Converts the generated text's Chinese script (OpenCC `s2hk`) as it streams, before stop
+    /// strings are matched, so a stop string is looked for in the text the client gets. Token
+    /// texts and logprobs stay as the model produced them.
+    pub output_script: Option<crate::script::ScriptConverter>,
 }
 
 /// Scheduling class of a request.
@@ -812,7 +815,7 @@ impl Worker {
         if is_eos || seq.req.stop_token_ids.contains(&id) {
             // The end token counts in usage (as in vLLM) but is not part of the text, so it is
             // not reported among the tokens either.
-            let (text, _) = drain_text(&mut seq.decoder, &mut seq.stop);
+            let (text, _) = drain_text(seq);
             let _ = seq.events.send(Event::Delta {
                 text,
                 tokens: Vec::new(),
@@ -838,6 +841,10 @@ impl Worker {
                 return Some(FinishReason::Stop);
             }
         };
+        let piece = match seq.script.as_mut() {
+            Some(s) => s.push(&piece),
+            None => piece,
+        };
         let out = seq.stop.push(&piece);
         let token = GeneratedToken {
             id,
@@ -854,7 +861,7 @@ impl Worker {
         let at_limit = seq.generated.len() >= seq.req.max_tokens
             || seq.req.prompt_ids.len() + seq.generated.len() >= self.context_length;
         if at_limit || grammar_done {
-            let (rest, stopped) = drain_text(&mut seq.decoder, &mut seq.stop);
+            let (rest, stopped) = drain_text(seq);
             let text = out.emit + &rest;
             let _ = seq.events.send(Event::Delta {
                 text,
@@ -875,16 +882,22 @@ impl Worker {
     }
 }
 
-/// At the end of generation: the detokenizer's held-back text, run through the stop matcher, plus
-/// whatever the matcher held back. Returns the text and whether a stop string matched in it.
-fn drain_text(decoder: &mut StreamDecoder, stop: &mut StopMatcher) -> (String, bool) {
+/// At the end of generation: the detokenizer's and the script converter's held-back text, run
+/// through the stop matcher, plus whatever the matcher held back. Returns the text and whether a
+/// stop string matched in it.
+fn drain_text(seq: &mut Sequence) -> (String, bool) {
     // Bytes of a character cut off by the end of generation are dropped, never sent as U+FFFD.
-    let tail = decoder.finish();
-    let out = stop.push(tail.trim_end_matches('\u{FFFD}'));
+    let tail = seq.decoder.finish();
+    let tail = tail.trim_end_matches('\u{FFFD}');
+    let tail = match seq.script.as_mut() {
+        Some(s) => s.push(tail) + &s.finish(),
+        None => tail.to_string(),
+    };
+    let out = seq.stop.push(&tail);
     if out.stopped {
         return (out.emit, true);
     }
-    (out.emit + &stop.flush(), false)
+    (out.emit + &seq.stop.flush(), false)
 }
 
 fn finish_event(seq: &Sequence, reason: FinishReason) -> Event {

@@ -26,6 +26,7 @@ use crate::config::SchedulerConfig;
 use crate::engine::{Event, GenerateRequest, Priority};
 use crate::model::LogitRows;
 use crate::sampling::{Sampler, TokenLogprob};
+use crate::script::StreamingConverter;
 use crate::stop::StopMatcher;
 use crate::tokenizer::StreamDecoder;
 
@@ -37,6 +38,8 @@ pub(crate) struct Sequence {
     pub events: UnboundedSender<Event>,
     pub sampler: Sampler,
     pub decoder: StreamDecoder,
+    /// Chinese script conversion of the decoded text, before the stop matcher.
+    pub script: Option<StreamingConverter>,
     pub stop: StopMatcher,
     /// Prompt logprobs collected so far (entry `i` scores prompt token `i + 1`).
     pub prompt_logprobs: Vec<TokenLogprob>,
@@ -75,6 +78,7 @@ impl Sequence {
             id,
             sampler: Sampler::new(req.sampling.clone()),
             stop: StopMatcher::new(req.stop.clone()),
+            script: req.output_script.as_ref().map(|c| c.streaming()),
             decoder,
             tokens: req.prompt_ids.clone(),
             req,

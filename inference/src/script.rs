@@ -22,8 +22,6 @@ use std::sync::Arc;
 use ferrous_opencc::config::BuiltinConfig;
 use ferrous_opencc::OpenCC;
 
-use crate::engine::Event;
-
 /// Longest `s2hk` dictionary key, in characters (STPhrases: 16).
 pub const MAX_PHRASE_CHARS: usize = 16;
 /// Default cap on the text a [`StreamingConverter`] holds back, in characters.
@@ -194,57 +192,9 @@ impl StreamingConverter {
     }
 }
 
-/// Adapter over one sequence's engine [`Event`]s: converts `Delta` text through a
-/// [`StreamingConverter`] (token lists, and so logprobs, pass through unconverted) and, before
-/// `Finished`, emits a `Delta` with the held tail. `PromptLogprobs` and `Error` pass through.
-#[derive(Debug, Clone)]
-pub struct EventConverter {
-    stream: StreamingConverter,
-}
-
-impl EventConverter {
-    /// An adapter for one sequence.
-    pub fn new(converter: &ScriptConverter) -> Self {
-        EventConverter {
-            stream: converter.streaming(),
-        }
-    }
-
-    /// Maps one event to the events to forward, in order (0, 1 or 2 of them). A `Delta` whose
-    /// text is held back entirely and that has no tokens is dropped.
-    pub fn map(&mut self, event: Event) -> Vec<Event> {
-        match event {
-            Event::Delta { text, tokens } => {
-                let text = self.stream.push(&text);
-                if text.is_empty() && tokens.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Event::Delta { text, tokens }]
-                }
-            }
-            ev @ Event::Finished { .. } => {
-                let tail = self.stream.finish();
-                if tail.is_empty() {
-                    vec![ev]
-                } else {
-                    vec![
-                        Event::Delta {
-                            text: tail,
-                            tokens: Vec::new(),
-                        },
-                        ev,
-                    ]
-                }
-            }
-            other => vec![other],
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::FinishReason;
 
     fn conv() -> ScriptConverter {
         ScriptConverter::s2hk().expect("embedded s2hk dictionaries load")
@@ -356,41 +306,5 @@ mod tests {
         out.push_str(&s.finish());
         assert_eq!(out.chars().count(), 30);
         assert!(out.chars().all(|c| c == '發'), "{out}");
-    }
-
-    #[test]
-    fn event_adapter_flushes_before_finished() {
-        let c = conv();
-        let mut a = EventConverter::new(&c);
-        let mut texts = Vec::new();
-        let mut saw_finished_last = false;
-        let events = vec![
-            Event::Delta {
-                text: "软".into(),
-                tokens: Vec::new(),
-            },
-            Event::Delta {
-                text: "件".into(),
-                tokens: Vec::new(),
-            },
-            Event::Finished {
-                reason: FinishReason::Stop,
-                prompt_tokens: 1,
-                completion_tokens: 2,
-            },
-        ];
-        let mut out = Vec::new();
-        for e in events {
-            out.extend(a.map(e));
-        }
-        for (i, e) in out.iter().enumerate() {
-            match e {
-                Event::Delta { text, .. } => texts.push(text.clone()),
-                Event::Finished { .. } => saw_finished_last = i == out.len() - 1,
-                _ => {}
-            }
-        }
-        assert_eq!(texts.concat(), "軟件");
-        assert!(saw_finished_last);
     }
 }

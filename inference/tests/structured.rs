@@ -64,6 +64,7 @@ fn request(
         prompt_logprobs: None,
         priority: Default::default(),
         constraint,
+        output_script: None,
     }
 }
 

@@ -549,6 +549,7 @@ pub fn generate_requests(
                 prompt_logprobs,
                 priority: Default::default(),
                 constraint: None,
+                output_script: None,
             }
         })
         .collect()

@@ -254,3 +254,52 @@ async fn bad_prompt_objects_name_the_field() {
     let (st, v) = post(base, url, &case(json!("key_points"))).await;
     assert_error(st, &v, 400, Some("prompt"));
 }
+
+/// `chinese_script: "hk"` gives the same text streamed and not, and that text is the `s2hk`
+/// conversion of what the same request returns without the option.
+#[tokio::test]
+async fn chinese_script_converts_streamed_and_whole_text_alike() {
+    let base = server();
+    let body = |extra: Value| {
+        let mut b = json!({
+            "model": MODEL, "max_tokens": 24, "temperature": 0,
+            "messages": [{"role": "user", "content": "请用简体中文介绍香港的经济和历史。"}]
+        });
+        if let (Some(o), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        b
+    };
+    let (st, plain) = post(base, "/v1/chat/completions", &body(json!({}))).await;
+    assert_eq!(st, 200, "{plain}");
+    let (st, hk) = post(
+        base,
+        "/v1/chat/completions",
+        &body(json!({"chinese_script": "hk"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{hk}");
+    let plain = plain["choices"][0]["message"]["content"].as_str().unwrap();
+    let hk = hk["choices"][0]["message"]["content"].as_str().unwrap();
+    let conv = govlm_inference::script::ScriptConverter::s2hk().unwrap();
+    assert_eq!(hk, conv.convert(plain));
+    assert_ne!(hk, plain, "the model answers in Simplified characters here");
+
+    let events = common::post_stream(
+        base,
+        "/v1/chat/completions",
+        &body(json!({"chinese_script": "hk", "stream": true})),
+    )
+    .await;
+    let mut streamed = String::new();
+    for e in events.iter().filter(|e| e.as_str() != "[DONE]") {
+        let v: Value = serde_json::from_str(e).expect("chunk JSON");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            assert!(!t.contains('\u{FFFD}'), "{t:?}");
+            streamed.push_str(t);
+        }
+    }
+    assert_eq!(streamed, hk);
+}

@@ -69,6 +69,7 @@ pub fn request(
         prompt_logprobs: None,
         priority: Default::default(),
         constraint: None,
+        output_script: None,
     }
 }
 

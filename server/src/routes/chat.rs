@@ -8,8 +8,6 @@ use govlm_inference::engine::{EngineHandle, Event, GeneratedToken, Priority};
 use govlm_inference::tokenizer::Tokenizer;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use govlm_inference::script::{EventConverter, ScriptConverter};
-
 use crate::error::ApiError;
 use crate::json::OpenAiJson;
 use crate::openai::{
@@ -80,8 +78,6 @@ pub struct ChatRun {
     pub top_logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
-    /// Converts the output to Traditional Chinese (Hong Kong) when the request asked for it.
-    pub script: Option<ScriptConverter>,
 }
 
 /// Validates a chat request, renders and tokenizes it, and queues its `n` sequences at
@@ -137,6 +133,7 @@ pub async fn start_chat(
     for r in &mut reqs {
         r.priority = priority;
         r.constraint = constraint.clone(); // structured output: one grammar state per choice
+        r.output_script = script.clone();
     }
     let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("chatcmpl", engine.model_id());
@@ -148,7 +145,6 @@ pub async fn start_chat(
         top_logprobs,
         stream: common.stream,
         include_usage: common.include_usage,
-        script,
     })
 }
 
@@ -161,7 +157,6 @@ pub async fn finish_chat(run: ChatRun) -> Result<ChatCompletionResponse, ApiErro
         receivers,
         prompt_tokens,
         top_logprobs,
-        script,
         ..
     } = run;
     let outputs = collect_all(receivers).await?;
@@ -175,10 +170,7 @@ pub async fn finish_chat(run: ChatRun) -> Result<ChatCompletionResponse, ApiErro
             logprobs: top_logprobs.map(|_| logprobs_of(&o.tokens, tokenizer)),
             message: ChatResponseMessage {
                 role: "assistant",
-                content: match &script {
-                    Some(conv) => conv.convert(&o.text),
-                    None => o.text,
-                },
+                content: o.text,
             },
             finish_reason: Some(finish_reason_str(o.finish_reason).to_string()),
         })
@@ -220,12 +212,6 @@ pub async fn chat_completions(
             include_usage: run.include_usage,
             prompt_tokens: run.prompt_tokens,
             completion_tokens: 0,
-            script: match &run.script {
-                Some(conv) => (0..run.receivers.len())
-                    .map(|_| EventConverter::new(conv))
-                    .collect(),
-                None => Vec::new(),
-            },
         };
         return Ok(sse::stream_response(maker, run.receivers));
     }
@@ -243,8 +229,6 @@ pub struct ChatChunks {
     pub prompt_tokens: usize,
     /// Running sum over finished choices.
     pub completion_tokens: usize,
-    /// Per choice: the streaming Chinese script converter (empty: no conversion).
-    pub script: Vec<EventConverter>,
 }
 
 impl ChatChunks {
@@ -290,30 +274,6 @@ impl ChunkMaker for ChatChunks {
     }
 
     fn event(&mut self, index: usize, event: Event) -> Result<Vec<String>, ApiError> {
-        let Some(conv) = self.script.get_mut(index) else {
-            return self.event_text(index, event);
-        };
-        let mut out = Vec::new();
-        for e in conv.map(event) {
-            out.extend(self.event_text(index, e)?);
-        }
-        Ok(out)
-    }
-
-    fn end(&mut self) -> Result<Vec<String>, ApiError> {
-        if !self.include_usage {
-            return Ok(Vec::new());
-        }
-        Ok(vec![self.chunk(
-            Vec::new(),
-            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
-        )?])
-    }
-}
-
-impl ChatChunks {
-    /// Chunks for one event whose text is final (already script-converted).
-    fn event_text(&mut self, index: usize, event: Event) -> Result<Vec<String>, ApiError> {
         match event {
             Event::Delta { text, tokens } => {
                 let logprobs = if self.logprobs {
@@ -353,5 +313,15 @@ impl ChatChunks {
             Event::PromptLogprobs(_) => Ok(Vec::new()),
             Event::Error(msg) => Err(ApiError::internal(format!("generation failed: {msg}"))),
         }
+    }
+
+    fn end(&mut self) -> Result<Vec<String>, ApiError> {
+        if !self.include_usage {
+            return Ok(Vec::new());
+        }
+        Ok(vec![self.chunk(
+            Vec::new(),
+            Some(Usage::new(self.prompt_tokens, self.completion_tokens)),
+        )?])
     }
 }
