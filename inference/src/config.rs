@@ -136,7 +136,8 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Defaults: CPU 2 GiB pool, 64 sequences, 256 tokens a step (a step of 256 prompt tokens
     /// takes about 1.5 s for the 0.5B default model on 2 cores, which bounds how long a prefill
-    /// can stall others' decodes); CUDA 50% of free memory, 256 sequences, 4096 tokens a step.
+    /// can stall others' decodes); CUDA an 8 GiB pool in GPU memory, 256 sequences, 4096 tokens a
+    /// step.
     pub fn defaults_for(device: DeviceSpec) -> Self {
         match device {
             DeviceSpec::Cpu => Self {
@@ -147,7 +148,7 @@ impl SchedulerConfig {
                 prefix_caching: true,
             },
             DeviceSpec::Cuda(_) => Self {
-                kv_cache_memory: KvMemory::Fraction(0.5),
+                kv_cache_memory: KvMemory::Bytes(8 << 30),
                 block_size: 16,
                 max_num_seqs: 256,
                 max_batch_tokens: 4096,

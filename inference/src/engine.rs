@@ -20,7 +20,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::chat_template::{ChatTemplate, TemplateError, GEMMA_CHAT_TEMPLATE};
 use crate::config::{DeviceSpec, KvMemory, ResolvedModel, Source};
 use crate::metrics::EngineMetrics;
-use crate::model::{KvPool, Model, ModelError, PagedSeq};
+use crate::model::{ModelError, ModelRunner, PagedSeq, RunnerKvPool};
 use crate::sampling::{token_logprob, SamplingParams, TokenLogprob};
 use crate::scheduler::{Scheduler, Sequence};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
@@ -274,11 +274,12 @@ impl EngineHandle {
                     message,
                 }
             })?;
-        let model =
-            Model::load(&content, &mut file, &device).map_err(|source| EngineError::Model {
+        let model = ModelRunner::load(&content, &mut file, &device).map_err(|source| {
+            EngineError::Model {
                 id: id.clone(),
                 source,
-            })?;
+            }
+        })?;
         // structured output: vocabulary entries that must never be generated (unused, unknown).
         let structured_excluded = crate::structured::unusable_token_ids(&content.metadata);
         drop(content);
@@ -296,11 +297,12 @@ impl EngineHandle {
         };
         let sched = &spec.scheduler;
         let block_bytes = model.kv_bytes_per_token() * sched.block_size;
-        let pool_bytes =
-            kv_pool_bytes(sched.kv_cache_memory).map_err(|message| EngineError::KvCache {
+        let pool_bytes = kv_pool_bytes(sched.kv_cache_memory, spec.device).map_err(|message| {
+            EngineError::KvCache {
                 id: id.clone(),
                 message,
-            })?;
+            }
+        })?;
         let num_blocks = (pool_bytes / block_bytes as u64) as usize;
         if num_blocks == 0 {
             return Err(EngineError::KvCache {
@@ -485,9 +487,15 @@ impl EngineHandle {
 }
 
 /// Bytes of the KV pool for a configured size (a share is of `MemAvailable` in /proc/meminfo).
-fn kv_pool_bytes(mem: KvMemory) -> Result<u64, String> {
+fn kv_pool_bytes(mem: KvMemory, device: DeviceSpec) -> Result<u64, String> {
     match mem {
         KvMemory::Bytes(b) => Ok(b),
+        // The share is of host memory; a GPU pool needs its size stated.
+        KvMemory::Fraction(_) if device != DeviceSpec::Cpu => Err(
+            "a share of available memory applies to the CPU only; give the KV pool of a CUDA \
+             device in bytes (e.g. \"8GiB\")"
+                .to_string(),
+        ),
         KvMemory::Fraction(f) => {
             let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| {
                 format!(
@@ -556,11 +564,11 @@ fn read_template_file(path: &Path) -> Result<String, String> {
 }
 
 struct Worker {
-    model: Model,
+    model: ModelRunner,
     tokenizer: Tokenizer,
     context_length: usize,
     commands: Receiver<Command>,
-    pool: KvPool,
+    pool: RunnerKvPool,
     sched: Scheduler,
     metrics: EngineMetrics,
     /// Shared with the handles: submitted, not yet admitted.
@@ -915,5 +923,24 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "engine panicked".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_pool_size_from_config() {
+        assert_eq!(
+            kv_pool_bytes(KvMemory::Bytes(1 << 30), DeviceSpec::Cuda(0)),
+            Ok(1 << 30)
+        );
+        let err = kv_pool_bytes(KvMemory::Fraction(0.5), DeviceSpec::Cuda(0)).unwrap_err();
+        assert!(err.contains("in bytes"), "{err}");
+        // On the CPU a share of MemAvailable is a positive size below the machine's memory.
+        let share = kv_pool_bytes(KvMemory::Fraction(0.25), DeviceSpec::Cpu).expect("share");
+        let all = kv_pool_bytes(KvMemory::Fraction(1.0), DeviceSpec::Cpu).expect("all");
+        assert!(share > 0 && share < all, "{share} of {all}");
     }
 }

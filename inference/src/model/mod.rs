@@ -23,6 +23,7 @@
 //! RoPE cos/sin values are computed once per forward pass for exactly the positions in the
 //! batch and shared by all layers.
 
+mod device;
 mod kernels;
 mod kv_cache;
 mod linear;
@@ -33,6 +34,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{Device, Tensor};
 
+pub use device::{DeviceKvPool, DeviceModel};
 pub use kv_cache::{KvCache, KvPool};
 
 use crate::gguf::{metadata_f64, metadata_str, metadata_usize, read_tensor, read_vector};
@@ -181,6 +183,11 @@ impl ModelConfig {
         })
     }
 
+    /// Bytes of KV cache one token takes over all layers (keys and values, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+
     /// Whether layer `i` uses sliding-window attention (gemma3: all but every 6th layer).
     pub fn is_local_layer(&self, i: usize) -> bool {
         self.architecture == Architecture::Gemma3 && i % 6 != 5
@@ -296,6 +303,122 @@ impl Proj {
             }
         }
     }
+}
+
+/// A loaded model with the forward pass for its device: our own kernels on the CPU
+/// ([`Model`]), candle tensor operations elsewhere ([`DeviceModel`], CUDA).
+pub enum ModelRunner {
+    Cpu(Model),
+    Device(DeviceModel),
+}
+
+/// The paged KV pool of a [`ModelRunner`], on the same device.
+pub enum RunnerKvPool {
+    Cpu(KvPool),
+    Device(DeviceKvPool),
+}
+
+impl RunnerKvPool {
+    /// Bytes of the whole pool.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Cpu(p) => p.bytes(),
+            Self::Device(p) => p.bytes(),
+        }
+    }
+}
+
+impl ModelRunner {
+    /// Loads the model for `device`: [`Model::load`] on the CPU, [`DeviceModel::load`] on any
+    /// other device. Errors: theirs.
+    pub fn load<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        if device.is_cpu() {
+            Ok(Self::Cpu(Model::load(content, reader, device)?))
+        } else {
+            Ok(Self::Device(DeviceModel::load(content, reader, device)?))
+        }
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Cpu(m) => m.config(),
+            Self::Device(m) => m.config(),
+        }
+    }
+
+    /// Bytes of KV cache one token takes over all layers (keys and values, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config().kv_bytes_per_token()
+    }
+
+    /// A pool of `num_blocks` blocks of `block_size` tokens on the model's device.
+    pub fn new_kv_pool(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<RunnerKvPool, ModelError> {
+        Ok(match self {
+            Self::Cpu(m) => RunnerKvPool::Cpu(m.new_kv_pool(block_size, num_blocks)?),
+            Self::Device(m) => RunnerKvPool::Device(m.new_kv_pool(block_size, num_blocks)?),
+        })
+    }
+
+    /// [`Model::forward_paged`] / [`DeviceModel::forward_paged`]; logits on the CPU.
+    /// Errors: theirs, and `InvalidBatch` for a pool of the other kind.
+    pub fn forward_paged(
+        &self,
+        pool: &mut RunnerKvPool,
+        batch: &[PagedSeq<'_>],
+    ) -> Result<Tensor, ModelError> {
+        match (self, pool) {
+            (Self::Cpu(m), RunnerKvPool::Cpu(p)) => m.forward_paged(p, batch),
+            (Self::Device(m), RunnerKvPool::Device(p)) => m.forward_paged(p, batch),
+            _ => Err(ModelError::InvalidBatch(
+                "the KV pool is not on the model's device".into(),
+            )),
+        }
+    }
+}
+
+/// Checks a paged batch's block tables against a pool of `num_blocks` blocks of `block_size`
+/// tokens: each table covers its new positions, names only blocks of the pool, and no block is
+/// written by two sequences (shared prefix blocks may only be read).
+fn check_block_tables(
+    batch: &[PagedSeq<'_>],
+    block_size: usize,
+    num_blocks: usize,
+) -> Result<(), ModelError> {
+    let bs = block_size;
+    let mut written = std::collections::HashSet::new();
+    for s in batch {
+        let end = s.start_pos + s.tokens.len();
+        if s.blocks.len() * bs < end {
+            return Err(ModelError::InvalidBatch(format!(
+                "a block table of {} blocks of {bs} tokens cannot hold {end} tokens",
+                s.blocks.len()
+            )));
+        }
+        if let Some(&b) = s.blocks.iter().find(|&&b| b as usize >= num_blocks) {
+            return Err(ModelError::InvalidBatch(format!(
+                "block {b} is outside the KV pool of {num_blocks} blocks"
+            )));
+        }
+        if !s.tokens.is_empty() {
+            for &b in &s.blocks[s.start_pos / bs..end.div_ceil(bs)] {
+                if !written.insert(b) {
+                    return Err(ModelError::InvalidBatch(format!(
+                        "block {b} would be written by two sequences of one batch"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, ModelError> {
@@ -509,8 +632,7 @@ impl Model {
 
     /// Bytes of KV cache one token takes over all layers (keys and values, f32).
     pub fn kv_bytes_per_token(&self) -> usize {
-        let c = &self.config;
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+        self.config.kv_bytes_per_token()
     }
 
     /// One flattened forward pass over several sequences whose KV caches live in `pool`
@@ -527,32 +649,7 @@ impl Model {
         pool: &mut KvPool,
         batch: &[PagedSeq<'_>],
     ) -> Result<Tensor, ModelError> {
-        let bs = pool.block_size();
-        let mut written = std::collections::HashSet::new();
-        for s in batch {
-            let end = s.start_pos + s.tokens.len();
-            if s.blocks.len() * bs < end {
-                return Err(ModelError::InvalidBatch(format!(
-                    "a block table of {} blocks of {bs} tokens cannot hold {end} tokens",
-                    s.blocks.len()
-                )));
-            }
-            if let Some(&b) = s.blocks.iter().find(|&&b| b as usize >= pool.num_blocks()) {
-                return Err(ModelError::InvalidBatch(format!(
-                    "block {b} is outside the KV pool of {} blocks",
-                    pool.num_blocks()
-                )));
-            }
-            if !s.tokens.is_empty() {
-                for &b in &s.blocks[s.start_pos / bs..end.div_ceil(bs)] {
-                    if !written.insert(b) {
-                        return Err(ModelError::InvalidBatch(format!(
-                            "block {b} would be written by two sequences of one batch"
-                        )));
-                    }
-                }
-            }
-        }
+        check_block_tables(batch, pool.block_size(), pool.num_blocks())?;
         let views: Vec<SeqView<'_>> = batch
             .iter()
             .map(|s| SeqView {
