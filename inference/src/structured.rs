@@ -359,10 +359,10 @@ impl StructuredCompiler {
         let parser = self
             .factory
             .create_parser(TopLevelGrammar::from_json_schema(schema))
-            .map_err(|e| StructuredError::InvalidSchema(first_line(&e.to_string())))?;
+            .map_err(|e| StructuredError::InvalidSchema(one_line(&e.to_string())))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(StructuredError::InvalidSchema(first_line(&e)));
+            return Err(StructuredError::InvalidSchema(one_line(&e)));
         }
         Ok(Constraint {
             matcher,
@@ -372,9 +372,16 @@ impl StructuredCompiler {
     }
 }
 
-/// llguidance errors may append the whole grammar; the first line says what is wrong.
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or(s).trim();
+/// An llguidance error as one line of at most 500 bytes: its lines (a regex error spans several:
+/// the message, the pattern, a caret, the reason) joined by spaces, cut where an appended grammar
+/// would make it long.
+fn one_line(s: &str) -> String {
+    let line = s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join(" ");
     if line.len() > 500 {
         let mut end = 500;
         while !line.is_char_boundary(end) {
@@ -382,7 +389,7 @@ fn first_line(s: &str) -> String {
         }
         format!("{}...", &line[..end])
     } else {
-        line.to_string()
+        line
     }
 }
 
@@ -426,7 +433,7 @@ impl Constraint {
         let mask = self
             .matcher
             .compute_mask_or_eos()
-            .map_err(|e| StructuredError::Decoding(first_line(&e.to_string())))?;
+            .map_err(|e| StructuredError::Decoding(one_line(&e.to_string())))?;
         self.scratch.clear();
         self.scratch.resize(logits.len(), f32::NEG_INFINITY);
         let mut any = false;
@@ -469,7 +476,7 @@ impl Constraint {
     pub fn consume(&mut self, id: u32) -> Result<(), StructuredError> {
         self.matcher
             .consume_token(id)
-            .map_err(|e| StructuredError::Decoding(first_line(&e.to_string())))?;
+            .map_err(|e| StructuredError::Decoding(one_line(&e.to_string())))?;
         self.consumed += 1;
         Ok(())
     }
@@ -549,8 +556,11 @@ mod tests {
     }
 
     #[test]
-    fn first_line_is_bounded() {
-        assert_eq!(first_line("a\nb"), "a");
-        assert!(first_line(&"é".repeat(400)).ends_with("..."));
+    fn one_line_is_bounded() {
+        assert_eq!(
+            one_line("regex parse error:\n    ([\n     ^\nerror: x"),
+            "regex parse error: ([ error: x"
+        );
+        assert!(one_line(&"é".repeat(400)).ends_with("..."));
     }
 }

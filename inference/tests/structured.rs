@@ -267,9 +267,16 @@ fn invalid_schemas_are_rejected_at_compile_time() {
         json!({"type": "nosuchtype"}),
         json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}),
         json!({"type": "integer", "minimum": 5, "maximum": 1}),
+        json!({"type": "string", "pattern": "(["}),
     ] {
         match compiler.compile(&schema_format(&bad)) {
-            Err(StructuredError::InvalidSchema(msg)) => assert!(!msg.is_empty()),
+            Err(StructuredError::InvalidSchema(msg)) => {
+                assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+                if bad.get("pattern").is_some() {
+                    // The reason, not just "regex parse error:".
+                    assert!(msg.contains("unclosed"), "{msg:?}");
+                }
+            }
             other => panic!("{bad}: expected InvalidSchema, got {other:?}"),
         }
     }
