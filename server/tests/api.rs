@@ -326,6 +326,62 @@ async fn echo_logprobs_scoring() {
     assert_eq!(text, prompt);
 }
 
+/// `text_offset` indexes the choice text by characters, also across byte-fallback tokens that
+/// each hold part of an emoji's or a rare CJK character's bytes; streaming gives the same arrays.
+#[tokio::test]
+async fn text_offsets_follow_multibyte_characters() {
+    let s = server();
+    let prompt = "x 🎉 中文 y 🎉🎉 end";
+    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 6, "echo": true,
+                      "logprobs": 0, "temperature": 0});
+    let (status, v) = post(&s.base, "/v1/completions", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let c = &v["choices"][0];
+    let text: Vec<char> = c["text"].as_str().unwrap().chars().collect();
+    let offsets: Vec<usize> = c["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap() as usize)
+        .collect();
+    let tokens: Vec<&str> = c["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tokens.iter().any(|t| t.contains('\u{FFFD}')), "{tokens:?}");
+    for (i, (&off, tok)) in offsets.iter().zip(&tokens).enumerate() {
+        assert!(
+            i == 0 || off >= offsets[i - 1],
+            "offsets go back: {offsets:?}"
+        );
+        if !tok.contains('\u{FFFD}') && !tok.is_empty() {
+            let n = tok.chars().count();
+            let at: String = text[off..(off + n).min(text.len())].iter().collect();
+            assert_eq!(
+                &at, tok,
+                "token {i} at offset {off}: {offsets:?} {tokens:?}"
+            );
+        }
+    }
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let cs = chunks(&post_stream(&s.base, "/v1/completions", &sbody).await);
+    let streamed: Vec<u64> = cs
+        .iter()
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["text_offset"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    let whole: Vec<u64> = offsets.iter().map(|&o| o as u64).collect();
+    assert_eq!(streamed, whole);
+}
+
 #[tokio::test]
 async fn prompt_forms() {
     let s = server();

@@ -626,7 +626,8 @@ async fn killed_server_resumes_the_batch_on_restart() {
     let lines: Vec<Value> = (0..total)
         .map(|i| {
             let mut l = hotline_line(&format!("line-{i:02}"), "Count from one to one hundred.");
-            l["body"]["max_tokens"] = json!(64);
+            // Different lengths, so lines finish one by one and the kill lands mid-batch.
+            l["body"]["max_tokens"] = json!(24 + 24 * i);
             l["body"]["ignore_eos"] = json!(true);
             l
         })
@@ -673,8 +674,12 @@ async fn killed_server_resumes_the_batch_on_restart() {
     }
     for l in &out {
         assert_eq!(l["response"]["status_code"], 200, "{l}");
+        let i: usize = l["custom_id"].as_str().unwrap()["line-".len()..]
+            .parse()
+            .unwrap();
         assert_eq!(
-            l["response"]["body"]["usage"]["completion_tokens"], 64,
+            l["response"]["body"]["usage"]["completion_tokens"],
+            24 + 24 * i,
             "{l}"
         );
     }

@@ -109,6 +109,9 @@ pub async fn start_chat(
     };
     let top_logprobs = validate::chat_logprobs(&req)?;
     let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
+    if script.is_some() {
+        validate::script_fits_response_format(req.response_format.as_ref())?;
+    }
     let tools = req.tools.filter(|t| !t.is_null());
 
     let eng = engine.clone();

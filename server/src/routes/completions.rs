@@ -81,14 +81,57 @@ fn top_map(top: &[(u32, f32)], tokenizer: &Tokenizer) -> Map<String, Value> {
 }
 
 /// Builds legacy logprobs arrays and tracks character offsets into the choice text.
+///
+/// Offsets follow the tokens' bytes: a token that holds only part of a character's UTF-8 bytes
+/// (byte-fallback tokens of emoji and rare CJK characters) gets the offset of that character, and
+/// the character counts once it is complete, so `text[text_offset[i]..]` starts at token `i`.
 #[derive(Debug, Default)]
 pub struct LegacyLogprobs {
     pub out: CompletionLogprobs,
     /// Characters of text covered so far.
     pub offset: usize,
+    /// Bytes of a character begun by earlier tokens and not yet complete.
+    pending: Vec<u8>,
 }
 
 impl LegacyLogprobs {
+    /// The arrays built since the last call (one streamed chunk's); offsets keep counting.
+    pub fn take_chunk(&mut self) -> CompletionLogprobs {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Adds a token's bytes; returns how many characters they complete.
+    fn advance(&mut self, bytes: &[u8]) -> usize {
+        self.pending.extend_from_slice(bytes);
+        let mut chars = 0;
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    chars += s.chars().count();
+                    self.pending.clear();
+                    return chars;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    chars += std::str::from_utf8(&self.pending[..valid])
+                        .map_or(0, |s| s.chars().count());
+                    match e.error_len() {
+                        // Incomplete: wait for the next token's bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return chars;
+                        }
+                        // Invalid bytes decode as one U+FFFD each.
+                        Some(n) => {
+                            chars += 1;
+                            self.pending.drain(..valid + n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Appends the prompt tokens: the first with null logprobs, the rest from `lps` (one per
     /// prompt token after the first).
     pub fn push_prompt(&mut self, prompt: &Prompt, lps: &[TokenLogprob], tokenizer: &Tokenizer) {
@@ -103,10 +146,11 @@ impl LegacyLogprobs {
                 .top_logprobs
                 .push(lp.map(|l| top_map(&l.top, tokenizer)));
             if !(k == 0 && prompt.added_bos) {
-                self.offset += token.chars().count();
+                self.offset += self.advance(&tokenizer.token_bytes(id));
             }
             self.out.tokens.push(token);
         }
+        self.pending.clear();
         self.offset = limit;
     }
 
@@ -121,7 +165,7 @@ impl LegacyLogprobs {
                 .top_logprobs
                 .push(t.logprob.as_ref().map(|l| top_map(&l.top, tokenizer)));
             self.out.tokens.push(t.text.clone());
-            self.offset += t.text.chars().count();
+            self.offset += self.advance(&tokenizer.token_bytes(t.id));
         }
     }
 }
@@ -389,18 +433,15 @@ impl CompletionChunks {
         let Some(prompt) = self.prompts.get(c.prompt) else {
             return Ok(Vec::new());
         };
-        let mut lp = LegacyLogprobs {
-            out: CompletionLogprobs::default(),
-            offset: c.logprobs.offset,
-        };
         if self.logprobs {
-            lp.push_prompt(prompt, prompt_lps.unwrap_or(&[]), &self.tokenizer);
+            c.logprobs
+                .push_prompt(prompt, prompt_lps.unwrap_or(&[]), &self.tokenizer);
         } else {
-            lp.offset += prompt.text.chars().count();
+            c.logprobs.offset += prompt.text.chars().count();
         }
-        c.logprobs.offset = lp.offset;
+        let out = c.logprobs.take_chunk();
         let text = prompt.text.clone();
-        let logprobs = self.logprobs.then_some(lp.out);
+        let logprobs = self.logprobs.then_some(out);
         Ok(vec![self.one(index, text, logprobs, None)?])
     }
 }
@@ -427,13 +468,8 @@ impl ChunkMaker for CompletionChunks {
                     let Some(c) = self.choices.get_mut(index) else {
                         return Ok(out);
                     };
-                    let mut lp = LegacyLogprobs {
-                        out: CompletionLogprobs::default(),
-                        offset: c.logprobs.offset,
-                    };
-                    lp.push_generated(&tokens, &self.tokenizer);
-                    c.logprobs.offset = lp.offset;
-                    Some(lp.out)
+                    c.logprobs.push_generated(&tokens, &self.tokenizer);
+                    Some(c.logprobs.take_chunk())
                 } else {
                     None
                 };
