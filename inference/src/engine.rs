@@ -68,8 +68,9 @@ pub enum EngineError {
 /// Why a request could not be queued.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
-    /// The waiting queue holds `capacity` requests already; retry later (HTTP 429).
-    #[error("the model `{model}` has {capacity} requests waiting; retry later")]
+    /// The waiting queue holds `capacity` sequences already (one per choice of a request);
+    /// retry later (HTTP 429).
+    #[error("the model `{model}` has {capacity} sequences waiting; retry later")]
     QueueFull { model: String, capacity: usize },
     /// The engine thread has stopped (HTTP 503).
     #[error("the engine for model `{model}` has stopped")]

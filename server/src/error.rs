@@ -168,7 +168,7 @@ impl From<SubmitError> for ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_exceeded",
                     format!(
-                        "The server is busy: {capacity} requests are already waiting for model `{model}`. Retry later."
+                        "The server is busy: model `{model}` already has {capacity} sequences waiting (the limit; a request with `n` choices needs `n`). Retry later."
                     ),
                 );
                 err.code = Some("rate_limit_exceeded");

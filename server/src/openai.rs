@@ -112,6 +112,10 @@ pub struct CompletionRequest {
     /// Not supported: 400 when non-empty.
     #[serde(default)]
     pub suffix: Option<String>,
+    /// govlm: convert the generated text's Chinese script (as on chat completions; the echoed
+    /// prompt is returned as sent).
+    #[serde(default)]
+    pub chinese_script: Option<String>,
     #[serde(default)]
     pub best_of: Option<i64>,
 }

@@ -233,6 +233,13 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
                 ))
             }
         };
+        // Only an assistant turn may come without content (OpenAI: when it carries tool calls).
+        if role != "assistant" && m.content.as_ref().is_none_or(Value::is_null) {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!("messages[{i}] (role `{role}`) needs a `content` string or array of text parts."),
+            ));
+        }
         let content = message_content(m.content.as_ref(), i)?;
         out.push(ChatMessage {
             role: role.to_string(),
@@ -729,6 +736,13 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
         let e = chat_messages(&msgs(json!([{"role": "user", "content": 5}]))).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        for missing in [
+            json!({"role": "user", "content": null}),
+            json!({"role": "system"}),
+        ] {
+            let e = chat_messages(&msgs(json!([missing]))).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{missing}");
+        }
     }
 
     fn chat(v: Value) -> ChatCompletionRequest {

@@ -219,6 +219,22 @@ async fn bad_prompt_objects_name_the_field() {
     )
     .await;
     assert_error(st, &v, 400, Some("prompt.variables.transcript"));
+    // Required variables may not be blank.
+    let (st, v) = post(
+        base,
+        url,
+        &case(json!({"id": "hotline_case_record", "variables": {"transcript": "  "}})),
+    )
+    .await;
+    assert_error(st, &v, 400, Some("prompt.variables.transcript"));
+    let (st, v) = post(
+        base,
+        url,
+        &case(json!({"id": "legco_reply", "variables": {"member": "m", "topic": "t", "question_parts": [],
+            "answers": ["b"], "official": "o"}})),
+    )
+    .await;
+    assert_error(st, &v, 400, Some("prompt.variables.question_parts"));
     let (st, v) = post(
         base,
         url,
@@ -302,4 +318,30 @@ async fn chinese_script_converts_streamed_and_whole_text_alike() {
         }
     }
     assert_eq!(streamed, hk);
+
+    // The same option on /v1/completions converts the generated text (not the echoed prompt).
+    let completion = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "香港的经济发展和历史：", "max_tokens": 16,
+                           "temperature": 0, "echo": true});
+        if let (Some(o), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        b
+    };
+    let (st, plain) = post(base, "/v1/completions", &completion(json!({}))).await;
+    assert_eq!(st, 200, "{plain}");
+    let (st, hk) = post(
+        base,
+        "/v1/completions",
+        &completion(json!({"chinese_script": "hk"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{hk}");
+    let prompt = "香港的经济发展和历史：";
+    let plain = plain["choices"][0]["text"].as_str().unwrap();
+    let hk = hk["choices"][0]["text"].as_str().unwrap();
+    assert!(hk.starts_with(prompt), "{hk:?}");
+    assert_eq!(&hk[prompt.len()..], conv.convert(&plain[prompt.len()..]));
 }

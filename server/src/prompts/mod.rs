@@ -422,6 +422,16 @@ impl PromptLibrary {
                         values.insert(v.name.clone(), d.clone());
                     }
                 }
+                // A required text or list left blank would render an incomplete document.
+                Some(x) if v.is_required() && is_blank(x) => {
+                    return Err(ApiError::invalid(
+                        p,
+                        format!(
+                            "Required variable `{}` ({}) for prompt `{}` is empty.",
+                            v.name, v.description, t.id
+                        ),
+                    ))
+                }
                 Some(x) => {
                     v.check_value(x).map_err(|(sub, m)| {
                         ApiError::invalid(
@@ -585,6 +595,15 @@ fn check_sampling(s: &SamplingDefaults) -> Result<(), String> {
 }
 
 /// The minimum a structured-output schema needs: an object schema with `properties`, whose
+/// An empty or whitespace-only string, or an empty list.
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.trim().is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
 /// `required` names are properties.
 fn check_schema(s: &Value) -> Result<(), String> {
     let o = s.as_object().ok_or("the schema must be a JSON object")?;

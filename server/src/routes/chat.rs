@@ -80,6 +80,24 @@ pub struct ChatRun {
     pub include_usage: bool,
 }
 
+/// The converter a request's `chinese_script` asks for (None: no conversion). Errors: 400 naming
+/// `chinese_script` for an unknown script or a `response_format` the conversion would break;
+/// 500 when the server has no converter.
+pub(crate) fn output_script(
+    state: &AppState,
+    chinese_script: Option<&str>,
+    response_format: Option<&serde_json::Value>,
+) -> Result<Option<govlm_inference::script::ScriptConverter>, ApiError> {
+    if crate::prompts::chinese_script(chinese_script)?.is_none() {
+        return Ok(None);
+    }
+    validate::script_fits_response_format(response_format)?;
+    let conv = state.s2hk.clone().ok_or_else(|| {
+        ApiError::internal("Chinese script conversion is unavailable on this server")
+    })?;
+    Ok(Some(conv))
+}
+
 /// Validates a chat request, renders and tokenizes it, and queues its `n` sequences at
 /// `priority`. Errors: 400 naming the `param` at fault, 404 unknown model, 429 queue full,
 /// 503 engine stopped.
@@ -92,12 +110,11 @@ pub async fn start_chat(
     // A `prompt` object renders a library template into messages and settings (also for Batch
     // API lines); it may set `chinese_script`, so that is read afterwards.
     crate::prompts::expand_chat_request(&state.prompts, &mut req)?;
-    let script = match crate::prompts::chinese_script(req.chinese_script.as_deref())? {
-        None => None,
-        Some(_) => Some(state.s2hk.clone().ok_or_else(|| {
-            ApiError::internal("Chinese script conversion is unavailable on this server")
-        })?),
-    };
+    let script = output_script(
+        state,
+        req.chinese_script.as_deref(),
+        req.response_format.as_ref(),
+    )?;
     let engine = state.engine(req.model.as_deref())?.clone();
     let common = validate::common(&req.sampling, engine.tokenizer().vocab_size())?;
     let messages = validate::chat_messages(&req.messages)?;
@@ -109,9 +126,6 @@ pub async fn start_chat(
     };
     let top_logprobs = validate::chat_logprobs(&req)?;
     let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
-    if script.is_some() {
-        validate::script_fits_response_format(req.response_format.as_ref())?;
-    }
     let tools = req.tools.filter(|t| !t.is_null());
 
     let eng = engine.clone();

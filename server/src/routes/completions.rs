@@ -210,6 +210,11 @@ pub async fn start_completion(
             ),
         ));
     }
+    let script = super::chat::output_script(
+        state,
+        req.chinese_script.as_deref(),
+        req.response_format.as_ref(),
+    )?;
     let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
     let eng = engine.clone();
     let prompts = blocking(move || tokenize_prompts(&eng, inputs)).await?;
@@ -244,6 +249,7 @@ pub async fn start_completion(
     for r in &mut reqs {
         r.priority = priority;
         r.constraint = constraint.clone(); // structured output: one grammar state per sequence
+        r.output_script = script.clone();
     }
     let receivers = submit_all(&engine, reqs).await?;
     let meta = ResponseMeta::new("cmpl", engine.model_id());
