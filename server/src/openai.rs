@@ -27,8 +27,16 @@ impl<'de> Deserialize<'de> for Seed {
             Ok(Seed(u))
         } else if let Some(i) = n.as_i64() {
             Ok(Seed(i as u64))
+        } else if n.is_f64() && n.as_f64().is_some_and(|f| f.fract() == 0.0) {
+            Err(serde::de::Error::custom(format!(
+                "seed {n} is out of range: it must be an integer from {} to {}",
+                i64::MIN,
+                u64::MAX
+            )))
         } else {
-            Err(serde::de::Error::custom("seed must be an integer"))
+            Err(serde::de::Error::custom(format!(
+                "seed must be an integer, got {n}"
+            )))
         }
     }
 }
@@ -369,5 +377,21 @@ mod tests {
             serde_json::to_value(&c).unwrap()["usage"],
             json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})
         );
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::Seed;
+
+    #[test]
+    fn seeds_parse_or_say_why_not() {
+        let parse = |s: &str| serde_json::from_str::<Seed>(s);
+        assert_eq!(parse("42").unwrap(), Seed(42));
+        assert_eq!(parse("-1").unwrap(), Seed(u64::MAX));
+        let e = parse("18446744073709551616").unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let e = parse("1.5").unwrap_err().to_string();
+        assert!(e.contains("must be an integer"), "{e}");
     }
 }
