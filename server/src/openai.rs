@@ -90,6 +90,10 @@ pub struct ChatCompletionRequest {
     /// Passed through to the chat template.
     #[serde(default)]
     pub tools: Option<Value>,
+    /// `"auto"` (default) or `"none"` (the tools are not shown to the model); forcing a call
+    /// (`"required"`, a named function) is refused: replies are not parsed into tool calls.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
 }
 
 /// `POST /v1/completions` body.

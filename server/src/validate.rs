@@ -397,6 +397,24 @@ pub fn script_fits_response_format(response_format: Option<&Value>) -> Result<()
     }
 }
 
+/// `tool_choice`: whether the request's tools are shown to the model (`"auto"` or absent: yes,
+/// `"none"`: no). Forcing a call is a 400 naming `tool_choice`: replies are returned as text,
+/// not parsed into tool calls, so it could not be honoured.
+pub fn tool_choice(v: Option<&Value>) -> Result<bool, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::String(s)) if s == "auto" => Ok(true),
+        Some(Value::String(s)) if s == "none" => Ok(false),
+        Some(other) => Err(ApiError::invalid(
+            "tool_choice",
+            format!(
+                "`tool_choice` {other} is not supported: this server returns replies as text and \
+                 does not parse tool calls; use \"auto\" or \"none\"."
+            ),
+        )),
+    }
+}
+
 /// Completion-only options after validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletionOptions {
@@ -937,6 +955,20 @@ mod script_format_tests {
         ] {
             let e = script_fits_response_format(Some(&format(schema.clone()))).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("chinese_script"), "{schema}");
+        }
+    }
+
+    #[test]
+    fn tool_choice_auto_none_or_400() {
+        assert!(tool_choice(None).unwrap());
+        assert!(tool_choice(Some(&json!("auto"))).unwrap());
+        assert!(!tool_choice(Some(&json!("none"))).unwrap());
+        for bad in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "f"}}),
+        ] {
+            let e = tool_choice(Some(&bad)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("tool_choice"), "{bad}");
         }
     }
 

@@ -126,7 +126,10 @@ pub async fn start_chat(
     };
     let top_logprobs = validate::chat_logprobs(&req)?;
     let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
-    let tools = req.tools.filter(|t| !t.is_null());
+    let tools = match validate::tool_choice(req.tool_choice.as_ref())? {
+        true => req.tools.filter(|t| !t.is_null()),
+        false => None,
+    };
 
     let eng = engine.clone();
     let prompt_ids = blocking(move || render_and_encode(&eng, &messages, tools.as_ref())).await?;
