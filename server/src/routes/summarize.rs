@@ -213,7 +213,8 @@ pub async fn summarize(
                 language: lang,
                 max_tokens,
             };
-            let overhead = job.encode("", Some("99 of 99".into()))?.len();
+            // A one-character stand-in: a required variable may not be blank.
+            let overhead = job.encode("x", Some("99 of 99".into()))?.len();
             Ok((
                 overhead,
                 context.saturating_sub(overhead + max_tokens + MARGIN_TOKENS),
