@@ -74,9 +74,19 @@ pub fn parse_body<T: FromBody>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "We could not parse the JSON body of your request: {e}. The body must be valid JSON."
-        ))
+        // serde_json stops at 128 levels of nesting; such a body may be valid JSON.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            ApiError::bad_request(format!(
+                "The JSON body nests arrays/objects more than 128 levels deep (at line {}, column {}); \
+                 flatten it (for example a `response_format` schema).",
+                e.line(),
+                e.column()
+            ))
+        } else {
+            ApiError::bad_request(format!(
+                "We could not parse the JSON body of your request: {e}. The body must be valid JSON."
+            ))
+        }
     })?;
     if !value.is_object() {
         return Err(ApiError::bad_request(
@@ -89,6 +99,13 @@ pub fn parse_body<T: FromBody>(bytes: &[u8]) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_deep_json_says_so() {
+        let body = format!("{{\"a\": {}{}}}", "[".repeat(200), "]".repeat(200));
+        let e = parse_body::<ChatCompletionRequest>(body.as_bytes()).unwrap_err();
+        assert!(e.message.contains("128 levels"), "{}", e.message);
+    }
 
     #[test]
     fn malformed_json_is_400_without_param() {

@@ -397,6 +397,39 @@ pub fn script_fits_response_format(response_format: Option<&Value>) -> Result<()
     }
 }
 
+/// `tools`: null/absent, or an array of `{"type": "function", "function": {"name": ..}}`
+/// objects (passed to the chat template as given). Error: 400 naming the offending element.
+pub fn tools(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "tools",
+                "`tools` must be an array of {\"type\": \"function\", \"function\": {\"name\", ...}} objects.",
+            ))
+        }
+    };
+    for (i, t) in items.iter().enumerate() {
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].type"),
+                format!("tools[{i}] must have `\"type\": \"function\"`."),
+            ));
+        }
+        if t.pointer("/function/name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                format!("tools[{i}] needs a `function` object with a non-empty `name`."),
+            ));
+        }
+    }
+    Ok(v.cloned())
+}
+
 /// `tool_choice`: whether the request's tools are shown to the model (`"auto"` or absent: yes,
 /// `"none"`: no). Forcing a call is a 400 naming `tool_choice`: replies are returned as text,
 /// not parsed into tool calls, so it could not be honoured.
@@ -955,6 +988,25 @@ mod script_format_tests {
         ] {
             let e = script_fits_response_format(Some(&format(schema.clone()))).unwrap_err();
             assert_eq!(e.param.as_deref(), Some("chinese_script"), "{schema}");
+        }
+    }
+
+    #[test]
+    fn tools_are_function_objects() {
+        assert_eq!(tools(None).unwrap(), None);
+        let good =
+            json!([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]);
+        assert_eq!(tools(Some(&good)).unwrap(), Some(good.clone()));
+        for (bad, param) in [
+            (json!("x"), "tools"),
+            (json!([{"type": "retrieval"}]), "tools[0].type"),
+            (
+                json!([{"type": "function", "function": {}}]),
+                "tools[0].function.name",
+            ),
+        ] {
+            let e = tools(Some(&bad)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
         }
     }
 

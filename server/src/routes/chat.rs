@@ -126,8 +126,9 @@ pub async fn start_chat(
     };
     let top_logprobs = validate::chat_logprobs(&req)?;
     let constraint = validate::response_constraint(&engine, req.response_format.as_ref()).await?;
+    let tools = validate::tools(req.tools.as_ref())?;
     let tools = match validate::tool_choice(req.tool_choice.as_ref())? {
-        true => req.tools.filter(|t| !t.is_null()),
+        true => tools,
         false => None,
     };
 
