@@ -185,24 +185,26 @@ fn strftime_now(fmt: String) -> String {
     format_utc(&fmt, secs)
 }
 
+/// English month names, January first (for `strftime_now` here and the prompt library's dates).
+pub const MONTH_NAMES: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
 /// Formats `unix_secs` (UTC) with a C `strftime` subset: `%Y %y %m %d %e %j %H %I %M %S %p %B
 /// %b %h %A %a %F %T %D %%`, and the glibc no-padding forms `%-d %-m %-H %-I %-M %-S %-j`.
 /// Unknown directives are copied verbatim.
 fn format_utc(fmt: &str, unix_secs: u64) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
     const WEEKDAYS: [&str; 7] = [
         "Sunday",
         "Monday",
@@ -219,7 +221,7 @@ fn format_utc(fmt: &str, unix_secs: u64) -> String {
     let weekday = ((days + 4) % 7) as usize; // 1970-01-01 was a Thursday
     let day_of_year = days - days_from_civil_year_start(year) + 1;
     let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
-    let month_name = MONTHS[(month - 1) as usize];
+    let month_name = MONTH_NAMES[(month - 1) as usize];
     let weekday_name = WEEKDAYS[weekday];
 
     let mut out = String::with_capacity(fmt.len() + 16);

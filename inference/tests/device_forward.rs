@@ -21,7 +21,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use govlm_inference::model::{DeviceModel, LogitRows, ModelError, PagedSeq};
 
-use common::{load_model, model_path};
+use common::{load_model, model_path, top2};
 
 fn load_device(file: &str) -> DeviceModel {
     let path = model_path(file);
@@ -32,23 +32,6 @@ fn load_device(file: &str) -> DeviceModel {
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
     t.to_vec2().expect("logits")
-}
-
-/// (argmax, top-2 margin)
-fn top2(row: &[f32]) -> (usize, f32) {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    let second = row
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != best)
-        .map(|(_, &v)| v)
-        .fold(f32::NEG_INFINITY, f32::max);
-    (best, row[best] - second)
 }
 
 /// Compares two logits matrices row by row; returns the worst relative difference.
@@ -151,9 +134,9 @@ fn check(file: &str, prompts: &[String]) {
     }];
     let l2 = run(&step2, "second chunk");
     let mut last: Vec<u32> = vec![
-        top2(l1[ids[0].len() - 1].as_slice()).0 as u32,
-        top2(&l2[0]).0 as u32,
-        top2(&l1[ids[0].len()]).0 as u32,
+        top2(&l1[ids[0].len() - 1]).0,
+        top2(&l2[0]).0,
+        top2(&l1[ids[0].len()]).0,
     ];
     let mut lens: Vec<usize> = ids.iter().map(|p| p.len()).collect();
     for step in 0..6 {
@@ -169,7 +152,7 @@ fn check(file: &str, prompts: &[String]) {
         let l = run(&batch, &format!("decode {step}"));
         for i in 0..3 {
             lens[i] += 1;
-            last[i] = top2(&l[i]).0 as u32;
+            last[i] = top2(&l[i]).0;
         }
     }
     eprintln!(

@@ -35,7 +35,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use govlm_inference::model::{LogitRows, Model, SeqBatch};
 
-use common::{load_model as load, model_path};
+use common::{load_model as load, model_path, top2};
 
 struct Case {
     prompt: String,
@@ -62,23 +62,6 @@ fn cases(file: &str) -> Vec<Case> {
         .collect();
     assert_eq!(out.len(), 6, "expected 6 reference prompts for {file}");
     out
-}
-
-/// (argmax with lowest id on ties, margin between the top two logits).
-fn top2(row: &[f32]) -> (u32, f32) {
-    let mut best = 0usize;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    let second = row
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != best)
-        .map(|(_, &v)| v)
-        .fold(f32::NEG_INFINITY, f32::max);
-    (best as u32, row[best] - second)
 }
 
 fn greedy(file: &str, min_matches: usize, max_miss_margin: f32) {

@@ -16,7 +16,7 @@ use govlm_inference::config::Source;
 use govlm_inference::engine::EngineHandle;
 use govlm_server::batch::runner::RunnerConfig;
 use govlm_server::batch::BatchHandle;
-use govlm_server::{router, AppState};
+use govlm_server::AppState;
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2";
@@ -56,33 +56,18 @@ fn start_server(id: &str, file: &str) -> String {
     let model = resolved(id, file, Source::Gguf, CONTEXT);
     let engine = EngineHandle::spawn(&model).expect("model loads");
     let data_dir = temp_dir("inproc");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut state = AppState::new(vec![engine]);
-            let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
-            state.prompts = std::sync::Arc::new(
-                govlm_server::load_prompts(Some(&prompts)).expect("prompt library loads"),
-            );
-            let batch = BatchHandle::start(&data_dir, state.clone(), RunnerConfig::default())
-                .await
-                .expect("batch service starts");
-            state.batch = Some(batch);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            axum::serve(listener, router(state)).await.expect("serve");
-        });
-    });
-    let addr = rx.recv().expect("server started");
-    format!("http://{addr}")
+    let mut state = AppState::new(vec![engine]);
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
+    state.prompts = std::sync::Arc::new(
+        govlm_server::load_prompts(Some(&prompts)).expect("prompt library loads"),
+    );
+    common::serve_with(state, move |mut state| async move {
+        let batch = BatchHandle::start(&data_dir, state.clone(), RunnerConfig::default())
+            .await
+            .expect("batch service starts");
+        state.batch = Some(batch);
+        state
+    })
 }
 
 /// The first `n` calls of the shared hotline dev set: (id, transcript).

@@ -19,7 +19,9 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::kernels::RopeTable;
-use super::{check_block_tables, Architecture, LogitRows, ModelConfig, ModelError, PagedSeq};
+use super::{
+    check_block_tables, Architecture, Flat, LayerVectors, ModelConfig, ModelError, PagedSeq,
+};
 use crate::gguf::{read_tensor, read_vector};
 
 struct DeviceLayer {
@@ -83,6 +85,12 @@ impl DeviceKvPool {
     }
 }
 
+/// A host vector as a 1-D tensor on `device`.
+fn on_device(v: Vec<f32>, device: &Device) -> Result<Tensor, ModelError> {
+    let n = v.len();
+    Ok(Tensor::from_vec(v, n, device)?)
+}
+
 impl DeviceModel {
     /// Loads the weights of a GGUF file onto `device` (quantized matrices stay quantized).
     ///
@@ -96,11 +104,7 @@ impl DeviceModel {
         let config = ModelConfig::from_gguf(content)?;
         let has = |name: &str| content.tensor_infos.contains_key(name);
         let gemma = config.architecture == Architecture::Gemma3;
-        let vec_on = |reader: &mut R, name: &str| -> Result<Tensor, ModelError> {
-            let v = read_vector(content, reader, name)?;
-            let n = v.len();
-            Ok(Tensor::from_vec(v, n, device)?)
-        };
+
         let embed = read_tensor(content, reader, "token_embd.weight", &Device::Cpu)?
             .dequantize(&Device::Cpu)?
             .to_device(device)?;
@@ -122,40 +126,28 @@ impl DeviceModel {
             let gate = mm(reader, "ffn_gate.weight")?;
             let up = mm(reader, "ffn_up.weight")?;
             let down = mm(reader, "ffn_down.weight")?;
-            let opt = |reader: &mut R, s: &str, want: bool| -> Result<Option<Tensor>, ModelError> {
-                if want || has(&p(s)) {
-                    Ok(Some(vec_on(reader, &p(s))?))
-                } else {
-                    Ok(None)
-                }
-            };
-            let q_bias = opt(reader, "attn_q.bias", false)?;
-            let k_bias = opt(reader, "attn_k.bias", false)?;
-            let v_bias = opt(reader, "attn_v.bias", false)?;
-            let q_norm = opt(reader, "attn_q_norm.weight", gemma)?;
-            let k_norm = opt(reader, "attn_k_norm.weight", gemma)?;
-            let post_attn_norm = opt(reader, "post_attention_norm.weight", gemma)?;
-            let post_ffn_norm = opt(reader, "post_ffw_norm.weight", gemma)?;
+            let lv = LayerVectors::read(content, reader, i, gemma)?;
+            let opt = |v: Option<Vec<f32>>| v.map(|v| on_device(v, device)).transpose();
             layers.push(DeviceLayer {
-                attn_norm: vec_on(reader, &p("attn_norm.weight"))?,
+                attn_norm: on_device(lv.attn_norm, device)?,
                 q,
                 k,
                 v,
-                q_bias,
-                k_bias,
-                v_bias,
-                q_norm,
-                k_norm,
+                q_bias: opt(lv.q_bias)?,
+                k_bias: opt(lv.k_bias)?,
+                v_bias: opt(lv.v_bias)?,
+                q_norm: opt(lv.q_norm)?,
+                k_norm: opt(lv.k_norm)?,
                 attn_output,
-                post_attn_norm,
-                ffn_norm: vec_on(reader, &p("ffn_norm.weight"))?,
+                post_attn_norm: opt(lv.post_attn_norm)?,
+                ffn_norm: on_device(lv.ffn_norm, device)?,
                 gate,
                 up,
                 down,
-                post_ffn_norm,
+                post_ffn_norm: opt(lv.post_ffn_norm)?,
             });
         }
-        let output_norm = vec_on(reader, "output_norm.weight")?;
+        let output_norm = on_device(read_vector(content, reader, "output_norm.weight")?, device)?;
         let head = if has("output.weight") {
             "output.weight"
         } else {
@@ -227,34 +219,19 @@ impl DeviceModel {
         let c = &self.config;
         let bs = pool.block_size;
         check_block_tables(batch, bs, pool.num_blocks)?;
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut slots = Vec::new();
-        let mut rows = Vec::new();
-        for s in batch {
-            if s.tokens.is_empty() {
-                return Err(ModelError::InvalidBatch(
-                    "a sequence has no new tokens".into(),
-                ));
-            }
-            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::InvalidBatch(format!(
-                    "token id {bad} is outside the vocabulary of {} tokens",
-                    c.vocab_size
-                )));
-            }
-            let (start, n) = (ids.len(), s.tokens.len());
-            match s.logits {
-                LogitRows::None => {}
-                LogitRows::Last => rows.push((start + n - 1) as u32),
-                LogitRows::All => rows.extend((start..start + n).map(|r| r as u32)),
-            }
-            ids.extend_from_slice(s.tokens);
-            for p in s.start_pos..s.start_pos + n {
-                positions.push(p);
-                slots.push(s.blocks[p / bs] * bs as u32 + (p % bs) as u32);
-            }
-        }
+        let Flat {
+            ids,
+            positions,
+            rows,
+        } = Flat::new(
+            batch.iter().map(|s| (s.tokens, s.start_pos, s.logits)),
+            c.vocab_size,
+        )?;
+        let slot = |blocks: &[u32], p: usize| blocks[p / bs] * bs as u32 + (p % bs) as u32;
+        let slots: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| (s.start_pos..s.start_pos + s.tokens.len()).map(|p| slot(s.blocks, p)))
+            .collect();
         let dev = &self.device;
         let t = ids.len();
         let (hd, nh, kvh) = (c.head_dim, c.num_heads, c.num_kv_heads);
@@ -287,9 +264,7 @@ impl DeviceModel {
         for s in batch {
             let n = s.tokens.len();
             let end = s.start_pos + n;
-            let key_slots: Vec<u32> = (0..end)
-                .map(|p| s.blocks[p / bs] * bs as u32 + (p % bs) as u32)
-                .collect();
+            let key_slots: Vec<u32> = (0..end).map(|p| slot(s.blocks, p)).collect();
             let mask = |window: Option<usize>| -> Result<Tensor, ModelError> {
                 let mut m = vec![0f32; n * end];
                 for i in 0..n {

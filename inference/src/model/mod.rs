@@ -385,6 +385,96 @@ impl ModelRunner {
     }
 }
 
+/// Norm weights and biases of one layer (f32, host). The optional ones are absent when the
+/// file has none (Q/K/V biases: qwen2); Gemma 3 must have its Q/K and post norms.
+struct LayerVectors {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+impl LayerVectors {
+    /// Reads layer `i`'s vectors. Errors: a missing required tensor, I/O and format errors.
+    fn read<R: Read + Seek>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        i: usize,
+        gemma: bool,
+    ) -> Result<Self, ModelError> {
+        let p = |s: &str| format!("blk.{i}.{s}");
+        let mut opt = |s: &str, want: bool| -> Result<Option<Vec<f32>>, ModelError> {
+            if want || content.tensor_infos.contains_key(&p(s)) {
+                Ok(Some(read_vector(content, reader, &p(s))?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            attn_norm: opt("attn_norm.weight", true)?.unwrap_or_default(),
+            ffn_norm: opt("ffn_norm.weight", true)?.unwrap_or_default(),
+            q_bias: opt("attn_q.bias", false)?,
+            k_bias: opt("attn_k.bias", false)?,
+            v_bias: opt("attn_v.bias", false)?,
+            q_norm: opt("attn_q_norm.weight", gemma)?,
+            k_norm: opt("attn_k_norm.weight", gemma)?,
+            post_attn_norm: opt("post_attention_norm.weight", gemma)?,
+            post_ffn_norm: opt("post_ffw_norm.weight", gemma)?,
+        })
+    }
+}
+
+/// A batch flattened into one row per new token.
+struct Flat {
+    /// Token ids, sequence after sequence.
+    ids: Vec<u32>,
+    /// Position of each token in its sequence.
+    positions: Vec<usize>,
+    /// Rows whose logits are wanted, in order.
+    rows: Vec<u32>,
+}
+
+impl Flat {
+    /// Flattens `(new tokens, start position, logits wanted)` per sequence. Errors:
+    /// `InvalidBatch` for a sequence without tokens or a token id outside the vocabulary.
+    fn new<'a>(
+        seqs: impl Iterator<Item = (&'a [u32], usize, LogitRows)>,
+        vocab_size: usize,
+    ) -> Result<Self, ModelError> {
+        let mut flat = Flat {
+            ids: Vec::new(),
+            positions: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (tokens, start_pos, logits) in seqs {
+            if tokens.is_empty() {
+                return Err(ModelError::InvalidBatch(
+                    "a sequence has no new tokens".into(),
+                ));
+            }
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "token id {bad} is outside the vocabulary of {vocab_size} tokens"
+                )));
+            }
+            let (start, n) = (flat.ids.len(), tokens.len());
+            match logits {
+                LogitRows::None => {}
+                LogitRows::Last => flat.rows.push((start + n - 1) as u32),
+                LogitRows::All => flat.rows.extend((start..start + n).map(|r| r as u32)),
+            }
+            flat.ids.extend_from_slice(tokens);
+            flat.positions.extend(start_pos..start_pos + n);
+        }
+        Ok(flat)
+    }
+}
+
 /// Checks a paged batch's block tables against a pool of `num_blocks` blocks of `block_size`
 /// tokens: each table covers its new positions, names only blocks of the pool, and no block is
 /// written by two sequences (shared prefix blocks may only be read).
@@ -486,29 +576,31 @@ impl Model {
             let attn_output = Linear::single(t("attn_output.weight")?)?;
             let gate_up = Proj::new(vec![t("ffn_gate.weight")?, t("ffn_up.weight")?])?;
             let ffn_down = Linear::single(t("ffn_down.weight")?)?;
-            let attn_norm = read_vector(content, reader, &p("attn_norm.weight"))?;
-            let ffn_norm = read_vector(content, reader, &p("ffn_norm.weight"))?;
-            let mut opt = |s: &str, want: bool| -> Result<Option<Vec<f32>>, ModelError> {
-                if want || has(&p(s)) {
-                    Ok(Some(read_vector(content, reader, &p(s))?))
-                } else {
-                    Ok(None)
-                }
-            };
+            let LayerVectors {
+                attn_norm,
+                ffn_norm,
+                q_bias,
+                k_bias,
+                v_bias,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                post_ffn_norm,
+            } = LayerVectors::read(content, reader, i, gemma)?;
             layers.push(Layer {
                 attn_norm,
                 qkv,
-                q_bias: opt("attn_q.bias", false)?,
-                k_bias: opt("attn_k.bias", false)?,
-                v_bias: opt("attn_v.bias", false)?,
-                q_norm: opt("attn_q_norm.weight", gemma)?,
-                k_norm: opt("attn_k_norm.weight", gemma)?,
+                q_bias,
+                k_bias,
+                v_bias,
+                q_norm,
+                k_norm,
                 attn_output,
-                post_attn_norm: opt("post_attention_norm.weight", gemma)?,
+                post_attn_norm,
                 ffn_norm,
                 gate_up,
                 ffn_down,
-                post_ffn_norm: opt("post_ffw_norm.weight", gemma)?,
+                post_ffn_norm,
             });
         }
         let output_norm = read_vector(content, reader, "output_norm.weight")?;
@@ -672,32 +764,14 @@ impl Model {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let hidden = c.hidden_size;
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut rows = Vec::new();
-        for s in batch.iter() {
-            if s.tokens.is_empty() {
-                return Err(ModelError::InvalidBatch(
-                    "a sequence has no new tokens".into(),
-                ));
-            }
-            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::InvalidBatch(format!(
-                    "token id {bad} is outside the vocabulary of {} tokens",
-                    c.vocab_size
-                )));
-            }
-            let needed = s.start_pos + s.tokens.len();
-            let start = ids.len();
-            let n = s.tokens.len();
-            match s.logits {
-                LogitRows::None => {}
-                LogitRows::Last => rows.push((start + n - 1) as u32),
-                LogitRows::All => rows.extend((start..start + n).map(|r| r as u32)),
-            }
-            ids.extend_from_slice(s.tokens);
-            positions.extend(s.start_pos..needed);
-        }
+        let Flat {
+            ids,
+            positions,
+            rows,
+        } = Flat::new(
+            batch.iter().map(|s| (s.tokens, s.start_pos, s.logits)),
+            c.vocab_size,
+        )?;
         let total = ids.len();
         if total == 0 {
             return Ok(Tensor::zeros(

@@ -121,3 +121,20 @@ pub fn collect(
     let (text, ids, reason, _) = collect_with_usage(rx);
     (text, ids, reason)
 }
+
+/// (argmax with lowest id on ties, margin between the top two logits).
+pub fn top2(row: &[f32]) -> (u32, f32) {
+    let mut best = 0usize;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    let second = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &v)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (best as u32, row[best] - second)
+}

@@ -12,6 +12,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use govlm_inference::chat_template::MONTH_NAMES;
 use minijinja::{Environment, Error, ErrorKind};
 
 /// A calendar date.
@@ -23,21 +24,6 @@ pub struct Date {
     /// 1..=31, valid for the month.
     pub day: u32,
 }
-
-const MONTHS_EN: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
 
 const ZH_DIGITS: [char; 10] = ['○', '一', '二', '三', '四', '五', '六', '七', '八', '九'];
 
@@ -108,7 +94,7 @@ pub fn format_zh_date(d: Date) -> String {
 
 /// `27 March 2025`.
 pub fn format_en_date(d: Date) -> String {
-    let month = MONTHS_EN
+    let month = MONTH_NAMES
         .get(d.month.saturating_sub(1) as usize)
         .copied()
         .unwrap_or("");

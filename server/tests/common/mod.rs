@@ -63,6 +63,16 @@ pub fn start(model: ResolvedModel, max_body_bytes: usize) -> TestServer {
 /// Serves `state` with the real router on a free port, in a thread with its own runtime (lives
 /// until the test process exits); returns the base URL.
 pub fn serve(state: AppState) -> String {
+    serve_with(state, |s| async move { s })
+}
+
+/// [`serve`], after `setup` has adapted the state on the server's runtime (for services that
+/// must start there, such as the Batch API).
+pub fn serve_with<F, Fut>(state: AppState, setup: F) -> String
+where
+    F: FnOnce(AppState) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = AppState>,
+{
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +81,7 @@ pub fn serve(state: AppState) -> String {
             .build()
             .expect("runtime");
         rt.block_on(async move {
+            let state = setup(state).await;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
