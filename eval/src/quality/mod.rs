@@ -13,16 +13,14 @@ pub mod suites;
 pub mod task;
 pub mod text;
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use report::{Meta, ModelFile, QualityReport};
+use report::{Meta, QualityReport};
 use task::TaskKind;
 
 /// Arguments of `govlm-eval quality`.
@@ -97,7 +95,9 @@ pub async fn run(args: QualityArgs) -> anyhow::Result<()> {
         anyhow::bail!("no --task given");
     }
     let model_file = match &args.model_file {
-        Some(p) => Some(hash_file(p).with_context(|| format!("hashing {}", p.display()))?),
+        Some(p) => Some(
+            crate::report::sha256_file(p).with_context(|| format!("hashing {}", p.display()))?,
+        ),
         None => None,
     };
     let client = client::Client::new(
@@ -175,28 +175,6 @@ fn parse_task_limit(s: &str) -> Result<(String, usize), String> {
         .ok_or_else(|| format!("expected TASK_ID=N, got `{s}`"))?;
     let n = n.parse::<usize>().map_err(|e| format!("`{n}`: {e}"))?;
     Ok((id.to_string(), n))
-}
-
-/// SHA-256 and size of a file, streamed.
-fn hash_file(path: &Path) -> std::io::Result<ModelFile> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(ModelFile {
-        path: path.display().to_string(),
-        bytes,
-        sha256,
-    })
 }
 
 /// `git rev-parse HEAD` here, with `-dirty` when tracked files changed; None outside a checkout.

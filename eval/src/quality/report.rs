@@ -48,14 +48,6 @@ pub struct TaskResult {
     pub items: Vec<Value>,
 }
 
-/// The model file, hashed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelFile {
-    pub path: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
 /// Where and how the run was made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
@@ -64,7 +56,7 @@ pub struct Meta {
     pub model: String,
     pub base_url: String,
     /// The hashed model file (`--model-file`), when given.
-    pub model_file: Option<ModelFile>,
+    pub model_file: Option<crate::report::FileHash>,
     /// What `GET /v1/models/{model}` returned, when it answered.
     pub server_model: Option<Value>,
     /// `git rev-parse HEAD` of the working directory (with `-dirty` when it has changes).
@@ -110,7 +102,12 @@ pub fn markdown(r: &QualityReport) -> String {
     let _ = writeln!(s, "| model | `{}` |", m.model);
     match &m.model_file {
         Some(f) => {
-            let _ = writeln!(s, "| model file | `{}` ({} bytes) |", f.path, f.bytes);
+            let _ = writeln!(
+                s,
+                "| model file | `{}` ({} bytes) |",
+                f.path.display(),
+                f.bytes
+            );
             let _ = writeln!(s, "| sha256 | `{}` |", f.sha256);
         }
         None => {
