@@ -9,70 +9,27 @@ packages of tests/python/requirements-lm-eval.txt (installed with `--no-deps`, s
 
 import json
 import math
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+import govlm_server
+
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "govlm"
 MODEL_ID = "qwen2.5-coder-0.5b-instruct"
-MODEL_FILE = ROOT / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 TOKENIZER_DIR = ROOT / "models" / "reference" / "qwen"
 TASK_DIR = ROOT / "eval" / "tasks" / "lm_eval"
 TASK = "govlm_hk_mc"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base_url():
-    assert BINARY.is_file(), f"{BINARY} is missing: run `make build` first"
-    assert MODEL_FILE.is_file(), f"{MODEL_FILE} is missing: run `make models` first"
     assert (TOKENIZER_DIR / "tokenizer.json").is_file(), "reference tokenizer missing: run `make models`"
-    tmp = Path(tempfile.mkdtemp(prefix="govlm-lmeval-"))
-    config = tmp / "models.toml"
-    config.write_text(
-        f'default_model = "{MODEL_ID}"\n\n[[models]]\nid = "{MODEL_ID}"\n'
-        f'gguf = "{MODEL_FILE}"\ncontext_length = 2048\n'
-    )
-    port = _free_port()
-    log_path = tmp / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(BINARY), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"govlm exited:\n{log_path.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"govlm not healthy:\n{log_path.read_text()}"
-            time.sleep(0.5)
+    models = {MODEL_ID: (govlm_server.model_path(MODEL_FILE), 2048)}
+    with govlm_server.running(models, MODEL_ID, tag="govlm-lmeval-") as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _post(url: str, body: dict) -> dict:

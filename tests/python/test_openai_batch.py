@@ -8,90 +8,28 @@ temporary --data-dir. Input: the first calls of ../shared/data/hotline/dev.jsonl
 
 import io
 import json
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 
+import govlm_server
+
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "govlm"
 SMOL = "smollm2"
-SMOL_FILE = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HOTLINE = ROOT.parent / "shared" / "data" / "hotline" / "dev.jsonl"
-STARTUP_TIMEOUT_S = 180
 # Guard against a hung batch (not a performance assertion).
 MAX_POLLS = 6000
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"govlm exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"govlm did not become healthy in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def client():
-    assert BINARY.is_file(), f"{BINARY} is missing: run `make build` first"
-    assert SMOL_FILE.is_file(), f"{SMOL_FILE} is missing: run `make models` first"
-    tmp = Path(tempfile.mkdtemp(prefix="govlm-pytest-batch-"))
-    config = tmp / "models.toml"
-    config.write_text(
-        f"""default_model = "{SMOL}"
-
-[[models]]
-id = "{SMOL}"
-gguf = "{SMOL_FILE}"
-context_length = 2048
-"""
-    )
-    port = _free_port()
-    log_path = tmp / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [
-            str(BINARY), "serve", "--config", str(config), "--host", "127.0.0.1",
-            "--port", str(port), "--data-dir", str(tmp / "data"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=str(tmp),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log_path)
+    models = {SMOL: (govlm_server.model_path(SMOL_FILE), 2048)}
+    with govlm_server.running(models, SMOL, data_dir=True, tag="govlm-pytest-batch-") as base:
         yield openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=300)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        if proc.returncode not in (0, -15):
-            sys.stderr.write(log_path.read_text())
 
 
 def _hotline_requests(n: int) -> list:

@@ -5,11 +5,6 @@ models.toml holding SmolLM2 (fast, English) and the default Qwen model (Chinese 
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,82 +13,23 @@ from pathlib import Path
 import openai
 import pytest
 
+import govlm_server
+
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "govlm"
 SMOL = "smollm2"
 QWEN = "qwen2.5-coder-0.5b-instruct"
-MODEL_FILES = {
-    SMOL: ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
-    QWEN: ROOT / "models" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+# id -> (model file, context length)
+MODELS = {
+    SMOL: ("SmolLM2-135M-Instruct.Q4_1.gguf", 2048),
+    QWEN: ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", 4096),
 }
-STARTUP_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"govlm exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"govlm did not become healthy in {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="session")
 def server():
-    assert BINARY.is_file(), f"{BINARY} is missing: run `make build` first"
-    for path in MODEL_FILES.values():
-        assert path.is_file(), f"{path} is missing: run `make models` first"
-    tmp = Path(tempfile.mkdtemp(prefix="govlm-pytest-"))
-    config = tmp / "models.toml"
-    config.write_text(
-        f"""default_model = "{SMOL}"
-
-[[models]]
-id = "{SMOL}"
-gguf = "{MODEL_FILES[SMOL]}"
-context_length = 2048
-
-[[models]]
-id = "{QWEN}"
-gguf = "{MODEL_FILES[QWEN]}"
-context_length = 4096
-"""
-    )
-    port = _free_port()
-    log_path = tmp / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [str(BINARY), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=str(ROOT),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log_path)
+    models = {mid: (govlm_server.model_path(f), ctx) for mid, (f, ctx) in MODELS.items()}
+    with govlm_server.running(models, SMOL) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        if proc.returncode not in (0, -15):
-            sys.stderr.write(log_path.read_text())
 
 
 @pytest.fixture(scope="session")
